@@ -1,0 +1,976 @@
+//! The durable event store: configuration, the publish request and its validation, and the
+//! [`Store`] handle. Publishes go through one bounded queue to the writer thread (`writer.rs`),
+//! which commits them in groups; reads use a small pool of read-only SQLite connections on
+//! blocking threads. Retention deletes only a prefix of the log, so the stored seqs are always
+//! one contiguous run ending at the head.
+
+use std::collections::BTreeSet;
+use std::io;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, TrySendError};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, TransactionBehavior};
+use serde_json::{Map, Value};
+use tokio::sync::{Semaphore, oneshot, watch};
+
+use aiventbus_proto::event::{validate_prefixed_id, validate_source, validate_topic};
+use aiventbus_proto::methods::{
+    LIST_DEFAULT_LIMIT, LIST_MAX_LIMIT, ListParams, PublishParams, PublishResult, TopicInfo,
+};
+use aiventbus_proto::{ErrorCode, Event, EventStatus, Priority, TopicPattern};
+
+use crate::hub::{Hub, Subscription};
+use crate::schema::{self, EVENT_COLUMNS, event_from_row, from_sql_int, sql_int};
+use crate::writer::{Command, PublishRequest, Writer};
+
+/// Requests the writer queue holds before `submit` answers [`StoreError::Overloaded`].
+pub const QUEUE_CAPACITY: usize = 65_536;
+/// Read-only connections in the read pool.
+const READERS: usize = 3;
+/// Longest free-form string field (`semantic_type`, `dedupe_key`, …), in bytes.
+pub const MAX_FIELD_BYTES: usize = 1024;
+/// Most `context_refs` one event may carry.
+pub const MAX_CONTEXT_REFS: usize = 64;
+/// Most events `trace` returns.
+pub const MAX_TRACE_EVENTS: u32 = 10_000;
+/// Longest ancestor chain `chain` follows; real chains stop at `max_depth` plus a chain-limit event.
+const MAX_CHAIN: usize = 1024;
+
+/// How hard a commit is pushed to disk (`PRAGMA synchronous`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncMode {
+    /// Survives a crash of any process (WAL with `synchronous = NORMAL`).
+    #[default]
+    Normal,
+    /// Also survives a power cut (`synchronous = FULL`).
+    Full,
+}
+
+/// Settings of the event store.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// The SQLite file; created when missing.
+    pub path: PathBuf,
+    /// Commit durability.
+    pub sync: SyncMode,
+    /// Same topic and dedupe key within this many ms of the original → `deduped`.
+    pub dedupe_window_ms: u64,
+    /// Deepest chain allowed; a root has depth 0.
+    pub max_depth: u32,
+    /// Routable published events per trace.
+    pub trace_budget: u32,
+    /// Largest serialized payload accepted by [`NewEvent::from_params`].
+    pub max_payload_bytes: usize,
+    /// Events older than this are compacted away.
+    pub retention_ms: u64,
+    /// At most this many events are kept.
+    pub max_events: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            path: PathBuf::from("bus.db"),
+            sync: SyncMode::Normal,
+            dedupe_window_ms: 60_000,
+            max_depth: 10,
+            trace_budget: 50,
+            max_payload_bytes: 256 * 1024,
+            retention_ms: 30 * 24 * 3600 * 1000,
+            max_events: 10_000_000,
+        }
+    }
+}
+
+/// Where the store's idea of "now" comes from: event timestamps, the dedupe window, retention.
+pub trait Clock: Send + Sync + 'static {
+    /// Milliseconds since the unix epoch.
+    fn now_ms(&self) -> u64;
+}
+
+/// The wall clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0)
+    }
+}
+
+/// A clock that moves only when told to; for tests of time windows without sleeping.
+#[derive(Debug, Default)]
+pub struct ManualClock(AtomicU64);
+
+impl ManualClock {
+    /// A clock showing `ms`.
+    pub fn new(ms: u64) -> ManualClock {
+        ManualClock(AtomicU64::new(ms))
+    }
+
+    /// Moves the clock forward.
+    pub fn advance(&self, ms: u64) {
+        self.0.fetch_add(ms, Ordering::SeqCst);
+    }
+
+    /// Sets the clock.
+    pub fn set(&self, ms: u64) {
+        self.0.store(ms, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// RFC 3339 UTC with milliseconds.
+pub fn format_ts(ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+/// Why a store operation failed. [`StoreError::code`] gives the JSON-RPC code for each.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// A field is wrong; the message names it. -32602.
+    #[error("{0}")]
+    Invalid(String),
+    /// A payload is over the limit. -32006.
+    #[error("{0}")]
+    TooLarge(String),
+    /// The thing asked for does not exist. -32002.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request contradicts what is stored (an id reused on another topic). -32003.
+    #[error("{0}")]
+    Conflict(String),
+    /// The writer queue is full; retry later. -32004.
+    #[error("the event store is overloaded; retry later")]
+    Overloaded,
+    /// The store is shutting down. -32005.
+    #[error("the event store is closed")]
+    Closed,
+    /// Our fault (SQLite, I/O); logged, not sent. -32603.
+    #[error("event store failure: {0}")]
+    Internal(String),
+}
+
+impl StoreError {
+    /// The JSON-RPC error code this error is answered with.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            StoreError::Invalid(_) => ErrorCode::InvalidParams,
+            StoreError::TooLarge(_) => ErrorCode::TooLarge,
+            StoreError::NotFound(_) => ErrorCode::NotFound,
+            StoreError::Conflict(_) => ErrorCode::Conflict,
+            StoreError::Overloaded => ErrorCode::Overloaded,
+            StoreError::Closed => ErrorCode::Unavailable,
+            StoreError::Internal(_) => ErrorCode::Internal,
+        }
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(error: rusqlite::Error) -> Self {
+        StoreError::Internal(error.to_string())
+    }
+}
+
+/// An event to publish, checked for syntax; the writer fills in id (when absent), seq, ts,
+/// trace id (when absent), depth and status.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    /// Dotted topic.
+    pub topic: String,
+    /// The payload object.
+    pub payload: Map<String, Value>,
+    /// Urgency.
+    pub priority: Priority,
+    /// A caller-chosen `evt_` id, which makes the publish safe to retry.
+    pub id: Option<String>,
+    /// Who publishes it.
+    pub source: String,
+    /// Classification for routing.
+    pub semantic_type: Option<String>,
+    /// Copies with the same topic and key inside the dedupe window are `deduped`.
+    pub dedupe_key: Option<String>,
+    /// Join this trace; must equal the parent's when both are given.
+    pub trace_id: Option<String>,
+    /// The event this one reacts to; must exist.
+    pub parent_event: Option<String>,
+    /// Ties the event to an action, request or run.
+    pub correlation_id: Option<String>,
+    /// Where an answer should go.
+    pub output_topic: Option<String>,
+    /// Related event ids.
+    pub context_refs: Vec<String>,
+    /// Memory scope for agents.
+    pub memory_scope: Option<String>,
+    /// RFC 3339 UTC with milliseconds.
+    pub expires_at: Option<String>,
+}
+
+impl NewEvent {
+    /// An event with only a topic, a source and a payload; other fields at their defaults.
+    pub fn new(topic: impl Into<String>, source: impl Into<String>, payload: Map<String, Value>) -> NewEvent {
+        NewEvent {
+            topic: topic.into(),
+            payload,
+            priority: Priority::Medium,
+            id: None,
+            source: source.into(),
+            semantic_type: None,
+            dedupe_key: None,
+            trace_id: None,
+            parent_event: None,
+            correlation_id: None,
+            output_topic: None,
+            context_refs: Vec::new(),
+            memory_scope: None,
+            expires_at: None,
+        }
+    }
+
+    /// Checks `events.publish` params; every message names the field. `default_source` is used
+    /// when the params carry none. Whether the topic's namespace is reserved is the caller's
+    /// decision, not checked here.
+    pub fn from_params(
+        params: PublishParams,
+        default_source: &str,
+        max_payload_bytes: usize,
+    ) -> Result<NewEvent, StoreError> {
+        validate_topic(&params.topic).map_err(StoreError::Invalid)?;
+        let payload = match params.payload {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(map)) => map,
+            Some(other) => {
+                return Err(StoreError::Invalid(format!(
+                    "payload must be a JSON object, not {}",
+                    json_kind(&other)
+                )));
+            }
+        };
+        let size = serialized_len(&payload);
+        if size > max_payload_bytes {
+            return Err(StoreError::TooLarge(format!(
+                "payload is {size} bytes serialized; the limit is {max_payload_bytes}"
+            )));
+        }
+        let source = params.source.unwrap_or_else(|| default_source.to_owned());
+        validate_source(&source).map_err(StoreError::Invalid)?;
+        let id = prefixed("id", params.id, "evt_")?;
+        let trace_id = prefixed("trace_id", params.trace_id, "tr_")?;
+        let parent_event = prefixed("parent_event", params.parent_event, "evt_")?;
+        let output_topic = match params.output_topic {
+            Some(topic) => {
+                validate_topic(&topic)
+                    .map_err(|message| StoreError::Invalid(format!("output_topic: {message}")))?;
+                Some(topic)
+            }
+            None => None,
+        };
+        let context_refs = params.context_refs.unwrap_or_default();
+        if context_refs.len() > MAX_CONTEXT_REFS {
+            return Err(StoreError::Invalid(format!(
+                "context_refs has {} entries; at most {MAX_CONTEXT_REFS} are allowed",
+                context_refs.len()
+            )));
+        }
+        for (index, reference) in context_refs.iter().enumerate() {
+            validate_prefixed_id(reference, "evt_")
+                .map_err(|message| StoreError::Invalid(format!("context_refs[{index}]: {message}")))?;
+        }
+        let expires_at = match params.expires_at {
+            Some(text) => Some(normalize_time("expires_at", &text)?),
+            None => None,
+        };
+        Ok(NewEvent {
+            topic: params.topic,
+            payload,
+            priority: params.priority.unwrap_or_default(),
+            id,
+            source,
+            semantic_type: bounded("semantic_type", params.semantic_type)?,
+            dedupe_key: bounded("dedupe_key", params.dedupe_key)?,
+            trace_id,
+            parent_event,
+            correlation_id: bounded("correlation_id", params.correlation_id)?,
+            output_topic,
+            context_refs,
+            memory_scope: bounded("memory_scope", params.memory_scope)?,
+            expires_at,
+        })
+    }
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Counts the bytes of a value's JSON form without building it.
+fn serialized_len(payload: &Map<String, Value>) -> usize {
+    struct Counter(usize);
+    impl io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    // Writing a map of JSON values to a sink that never fails cannot fail.
+    let _ = serde_json::to_writer(&mut counter, payload);
+    counter.0
+}
+
+fn prefixed(field: &str, value: Option<String>, prefix: &str) -> Result<Option<String>, StoreError> {
+    if let Some(text) = &value {
+        validate_prefixed_id(text, prefix)
+            .map_err(|message| StoreError::Invalid(format!("{field}: {message}")))?;
+    }
+    Ok(value)
+}
+
+fn bounded(field: &str, value: Option<String>) -> Result<Option<String>, StoreError> {
+    if let Some(text) = &value {
+        if text.is_empty() {
+            return Err(StoreError::Invalid(format!("{field} must not be empty; leave it out instead")));
+        }
+        if text.len() > MAX_FIELD_BYTES {
+            return Err(StoreError::Invalid(format!(
+                "{field} is {} bytes; the limit is {MAX_FIELD_BYTES}",
+                text.len()
+            )));
+        }
+    }
+    Ok(value)
+}
+
+fn normalize_time(field: &str, text: &str) -> Result<String, StoreError> {
+    let time = humantime::parse_rfc3339_weak(text).map_err(|error| {
+        StoreError::Invalid(format!(
+            "{field}: {text:?} is not an RFC 3339 UTC time such as 2030-01-31T12:00:00Z ({error})"
+        ))
+    })?;
+    Ok(humantime::format_rfc3339_millis(time).to_string())
+}
+
+/// What a publish did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishOutcome {
+    /// The event id.
+    pub id: String,
+    /// Its seq.
+    pub seq: u64,
+    /// Its trace.
+    pub trace_id: String,
+    /// `published`, `deduped`, or `failed` (refused by a chain limit).
+    pub status: EventStatus,
+    /// True when the caller's id was already stored on the same topic: nothing new was written.
+    pub existing: bool,
+}
+
+impl PublishOutcome {
+    /// The `events.publish` answer.
+    pub fn result(&self) -> PublishResult {
+        PublishResult {
+            id: self.id.clone(),
+            seq: self.seq,
+            trace_id: self.trace_id.clone(),
+            status: self.status,
+        }
+    }
+}
+
+/// A committed event and its JSON, serialized once and shared by every subscriber.
+#[derive(Debug)]
+pub struct Committed {
+    /// The event as stored.
+    pub event: Event,
+    /// `serde_json` form of `event`.
+    pub json: Arc<str>,
+}
+
+impl Committed {
+    /// Serializes `event`.
+    pub fn new(event: Event) -> Result<Committed, StoreError> {
+        let json = serde_json::to_string(&event)
+            .map_err(|error| StoreError::Internal(format!("cannot serialize event: {error}")))?;
+        Ok(Committed { event, json: Arc::from(json) })
+    }
+
+    /// The event's seq.
+    pub fn seq(&self) -> u64 {
+        self.event.seq
+    }
+}
+
+/// Filters of [`Store::list`]; all given ones must hold.
+#[derive(Debug, Clone)]
+pub struct ListQuery {
+    /// Exact topic.
+    pub topic: Option<String>,
+    /// Topic pattern.
+    pub pattern: Option<TopicPattern>,
+    /// Status.
+    pub status: Option<EventStatus>,
+    /// Trace.
+    pub trace_id: Option<String>,
+    /// Only seqs above this.
+    pub after_seq: u64,
+    /// Most events returned.
+    pub limit: u32,
+}
+
+impl Default for ListQuery {
+    fn default() -> Self {
+        ListQuery {
+            topic: None,
+            pattern: None,
+            status: None,
+            trace_id: None,
+            after_seq: 0,
+            limit: LIST_DEFAULT_LIMIT,
+        }
+    }
+}
+
+impl ListQuery {
+    /// Checks `events.list` params.
+    pub fn from_params(params: ListParams) -> Result<ListQuery, StoreError> {
+        if let Some(topic) = &params.topic {
+            validate_topic(topic).map_err(StoreError::Invalid)?;
+        }
+        let pattern = match &params.pattern {
+            Some(text) => Some(
+                TopicPattern::parse(text)
+                    .map_err(|message| StoreError::Invalid(format!("pattern: {message}")))?,
+            ),
+            None => None,
+        };
+        let trace_id = prefixed("trace_id", params.trace_id, "tr_")?;
+        let limit = params.limit.unwrap_or(LIST_DEFAULT_LIMIT);
+        if limit == 0 || limit > LIST_MAX_LIMIT {
+            return Err(StoreError::Invalid(format!(
+                "limit must be between 1 and {LIST_MAX_LIMIT}, not {limit}"
+            )));
+        }
+        Ok(ListQuery {
+            topic: params.topic,
+            pattern,
+            status: params.status,
+            trace_id,
+            after_seq: params.after_seq.unwrap_or(0),
+            limit,
+        })
+    }
+}
+
+/// Figures for `system.health` and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Events stored.
+    pub events: u64,
+    /// Seq of the newest committed event; 0 when none.
+    pub head: u64,
+    /// Seq of the oldest stored event.
+    pub oldest_seq: Option<u64>,
+    /// Database file plus write-ahead log, in bytes.
+    pub db_bytes: u64,
+    /// Transactions committed by the writer since open (publish batches).
+    pub commits: u64,
+    /// Events written since open (chain-limit events included).
+    pub written: u64,
+    /// Batches rolled back since open.
+    pub rollbacks: u64,
+    /// Live subscribers.
+    pub subscribers: usize,
+}
+
+/// What one compaction removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CompactReport {
+    /// Events deleted.
+    pub deleted: u64,
+    /// The oldest seq kept.
+    pub oldest_seq: Option<u64>,
+}
+
+/// State shared by the store handles and the writer thread.
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    pub(crate) closed: AtomicBool,
+    pub(crate) commits: AtomicU64,
+    pub(crate) written: AtomicU64,
+    pub(crate) rollbacks: AtomicU64,
+    /// Makes the next publish batch fail before commit, to test recovery.
+    #[cfg(test)]
+    pub(crate) fail_next_batch: AtomicBool,
+}
+
+/// The event store. Cheap to clone; the last clone dropped stops the writer after it has
+/// drained the queue.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<StoreInner>,
+}
+
+struct StoreInner {
+    config: StoreConfig,
+    sender: mpsc::SyncSender<Command>,
+    shared: Arc<Shared>,
+    readers: Arc<ReadPool>,
+    hub: Arc<Hub>,
+    done: watch::Receiver<bool>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl StoreInner {
+    fn begin_close(&self) {
+        self.shared.closed.store(true, Ordering::SeqCst);
+        // A full queue means the writer is busy and sees the flag after its batch.
+        let _ = self.sender.try_send(Command::Close);
+    }
+}
+
+impl Drop for StoreInner {
+    fn drop(&mut self) {
+        self.begin_close();
+        let thread = self.thread.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(thread) = thread {
+            if thread.join().is_err() {
+                tracing::error!("the event store writer thread panicked");
+            }
+        }
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store at `config.path` with the wall clock.
+    pub fn open(config: StoreConfig) -> Result<Store, StoreError> {
+        Store::open_with_clock(config, Arc::new(SystemClock))
+    }
+
+    /// Opens the store with a given clock.
+    pub fn open_with_clock(config: StoreConfig, clock: Arc<dyn Clock>) -> Result<Store, StoreError> {
+        let conn = schema::open_writer(&config.path, config.sync)?;
+        let head: i64 = conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |row| row.get(0))?;
+        let head = from_sql_int(head);
+        let mut connections = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            connections.push(schema::open_reader(&config.path)?);
+        }
+        let readers = Arc::new(ReadPool {
+            connections: Mutex::new(connections),
+            permits: Arc::new(Semaphore::new(READERS)),
+        });
+        let hub = Arc::new(Hub::new(head));
+        let shared = Arc::new(Shared::default());
+        let (sender, receiver) = mpsc::sync_channel(QUEUE_CAPACITY);
+        let (done_sender, done) = watch::channel(false);
+        let writer = Writer::new(
+            conn,
+            config.clone(),
+            clock,
+            Arc::clone(&hub),
+            Arc::clone(&shared),
+            head,
+            receiver,
+            done_sender,
+        );
+        let thread = std::thread::Builder::new()
+            .name("bus-writer".into())
+            .spawn(move || writer.run())
+            .map_err(|error| StoreError::Internal(format!("cannot start the writer thread: {error}")))?;
+        tracing::info!(path = %config.path.display(), head, "event store open");
+        Ok(Store {
+            inner: Arc::new(StoreInner {
+                config,
+                sender,
+                shared,
+                readers,
+                hub,
+                done,
+                thread: Mutex::new(Some(thread)),
+            }),
+        })
+    }
+
+    /// The configuration the store was opened with.
+    pub fn config(&self) -> &StoreConfig {
+        &self.inner.config
+    }
+
+    /// The subscription hub.
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.inner.hub
+    }
+
+    pub(crate) fn readers(&self) -> &Arc<ReadPool> {
+        &self.inner.readers
+    }
+
+    /// Queues a publish without waiting. Publishes queued by one thread get increasing seqs in
+    /// the order of the calls. The receiver answers once the event is committed.
+    pub fn submit(
+        &self,
+        event: NewEvent,
+    ) -> Result<oneshot::Receiver<Result<PublishOutcome, StoreError>>, StoreError> {
+        if self.inner.shared.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
+        }
+        let (reply, answer) = oneshot::channel();
+        let command = Command::Publish(Box::new(PublishRequest { event, reply }));
+        match self.inner.sender.try_send(command) {
+            Ok(()) => Ok(answer),
+            Err(TrySendError::Full(_)) => Err(StoreError::Overloaded),
+            Err(TrySendError::Disconnected(_)) => Err(StoreError::Closed),
+        }
+    }
+
+    /// Publishes and waits for the commit.
+    pub async fn publish(&self, event: NewEvent) -> Result<PublishOutcome, StoreError> {
+        let answer = self.submit(event)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Seq of the newest committed event (0 when none).
+    pub fn head(&self) -> u64 {
+        self.inner.hub.head()
+    }
+
+    /// One event by id.
+    pub async fn get(&self, id: &str) -> Result<Option<Event>, StoreError> {
+        let id = id.to_owned();
+        self.inner.readers.run(move |conn| get_event(conn, &id)).await
+    }
+
+    /// Events in seq order matching every given filter.
+    pub async fn list(&self, query: ListQuery) -> Result<Vec<Event>, StoreError> {
+        self.inner.readers.run(move |conn| list_events(conn, &query)).await
+    }
+
+    /// The event and its stored ancestors, root first; `None` when the event is unknown.
+    pub async fn chain(&self, id: &str) -> Result<Option<Vec<Event>>, StoreError> {
+        let id = id.to_owned();
+        self.inner
+            .readers
+            .run(move |conn| {
+                let Some(event) = get_event(conn, &id)? else {
+                    return Ok(None);
+                };
+                let mut chain = vec![event];
+                while chain.len() < MAX_CHAIN {
+                    let Some(parent) = chain.last().and_then(|event| event.parent_event.clone()) else {
+                        break;
+                    };
+                    match get_event(conn, &parent)? {
+                        Some(event) => chain.push(event),
+                        // Compacted away: the chain starts at the oldest ancestor still stored.
+                        None => break,
+                    }
+                }
+                chain.reverse();
+                Ok(Some(chain))
+            })
+            .await
+    }
+
+    /// The events of a trace in seq order (at most [`MAX_TRACE_EVENTS`]), system events included.
+    pub async fn trace(&self, trace_id: &str) -> Result<Vec<Event>, StoreError> {
+        let query = ListQuery {
+            trace_id: Some(trace_id.to_owned()),
+            limit: MAX_TRACE_EVENTS,
+            ..ListQuery::default()
+        };
+        self.list(query).await
+    }
+
+    /// Every topic with its count and newest event, alphabetical.
+    pub async fn topics(&self) -> Result<Vec<TopicInfo>, StoreError> {
+        self.inner
+            .readers
+            .run(|conn| {
+                let mut statement = conn
+                    .prepare_cached("SELECT topic, count, last_seq, last_ts FROM topics ORDER BY topic")?;
+                let rows = statement.query_map([], |row| {
+                    Ok(TopicInfo {
+                        topic: row.get(0)?,
+                        count: from_sql_int(row.get(1)?),
+                        last_seq: from_sql_int(row.get(2)?),
+                        last_ts: row.get(3)?,
+                    })
+                })?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+            .await
+    }
+
+    /// Up to `limit` committed events from `from_seq` (inclusive), for replay.
+    pub async fn range(&self, from_seq: u64, limit: usize) -> Result<Vec<Arc<Committed>>, StoreError> {
+        let (events, _) = self
+            .inner
+            .readers
+            .run(move |conn| scan(conn, from_seq, None, limit))
+            .await?;
+        Ok(events)
+    }
+
+    /// Figures about the store.
+    pub async fn stats(&self) -> Result<StoreStats, StoreError> {
+        let path = self.inner.config.path.clone();
+        let (oldest, newest) = self
+            .inner
+            .readers
+            .run(|conn| {
+                Ok(conn.query_row("SELECT MIN(seq), MAX(seq) FROM events", [], |row| {
+                    Ok((row.get::<_, Option<i64>>(0)?, row.get::<_, Option<i64>>(1)?))
+                })?)
+            })
+            .await?;
+        let file_len = |path: &std::path::Path| std::fs::metadata(path).map(|meta| meta.len()).unwrap_or(0);
+        let mut wal = path.clone().into_os_string();
+        wal.push("-wal");
+        let shared = &self.inner.shared;
+        let events = match (oldest, newest) {
+            // Stored seqs are contiguous: retention only removes a prefix.
+            (Some(oldest), Some(newest)) => from_sql_int(newest - oldest + 1),
+            _ => 0,
+        };
+        Ok(StoreStats {
+            events,
+            head: self.head(),
+            oldest_seq: oldest.map(from_sql_int),
+            db_bytes: file_len(&path) + file_len(std::path::Path::new(&wal)),
+            commits: shared.commits.load(Ordering::Relaxed),
+            written: shared.written.load(Ordering::Relaxed),
+            rollbacks: shared.rollbacks.load(Ordering::Relaxed),
+            subscribers: self.inner.hub.subscriber_count(),
+        })
+    }
+
+    /// Runs retention now (it also runs at open and every minute) and waits for it.
+    pub async fn compact(&self) -> Result<CompactReport, StoreError> {
+        if self.inner.shared.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
+        }
+        let (reply, answer) = oneshot::channel();
+        match self.inner.sender.try_send(Command::Compact(reply)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => return Err(StoreError::Overloaded),
+            Err(TrySendError::Disconnected(_)) => return Err(StoreError::Closed),
+        }
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Subscribes to events matching any of `patterns`; see [`Hub::subscribe`].
+    pub fn subscribe(&self, patterns: Vec<TopicPattern>, from_seq: Option<u64>, buffer: usize) -> Subscription {
+        Hub::subscribe(self, patterns, from_seq, buffer)
+    }
+
+    /// Stops taking publishes, lets the writer commit what is queued, ends every subscription
+    /// with `Closed`, and waits for the writer to finish. Reads keep working.
+    pub async fn close(&self) {
+        self.inner.begin_close();
+        let mut done = self.inner.done.clone();
+        // An error means the writer is gone already, which is what we wait for.
+        let _ = done.wait_for(|finished| *finished).await;
+    }
+
+    /// Makes the next publish batch fail just before its commit.
+    #[cfg(test)]
+    pub(crate) fn fail_next_batch(&self) {
+        self.inner.shared.fail_next_batch.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Read-only connections, each used by one blocking task at a time.
+pub(crate) struct ReadPool {
+    connections: Mutex<Vec<Connection>>,
+    /// One permit per connection: holding a permit guarantees a free connection.
+    permits: Arc<Semaphore>,
+}
+
+/// A connection borrowed from the pool, returned on drop (also when the job panics).
+struct Lease<'a> {
+    pool: &'a ReadPool,
+    connection: Option<Connection>,
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if let Some(connection) = self.connection.take() {
+            self.pool
+                .connections
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(connection);
+        }
+    }
+}
+
+impl ReadPool {
+    /// Runs `job` on a pooled connection on a blocking thread.
+    pub(crate) async fn run<T, F>(self: &Arc<Self>, job: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let permit = Arc::clone(&self.permits)
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        let pool = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let connection = pool.connections.lock().unwrap_or_else(PoisonError::into_inner).pop();
+            let mut lease = Lease { pool: &pool, connection };
+            match lease.connection.as_mut() {
+                Some(connection) => job(connection),
+                None => Err(StoreError::Internal("read pool has a permit but no connection".into())),
+            }
+        })
+        .await
+        .map_err(|error| StoreError::Internal(format!("a read task failed: {error}")))?
+    }
+}
+
+fn get_event(conn: &Connection, id: &str) -> Result<Option<Event>, StoreError> {
+    let mut statement = conn.prepare_cached(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = ?1"))?;
+    let mut rows = statement.query([id])?;
+    match rows.next()? {
+        Some(row) => Ok(Some(event_from_row(row)?)),
+        None => Ok(None),
+    }
+}
+
+/// Stored topics matching any pattern, as a JSON array for `json_each`; `None` when the
+/// patterns match every topic.
+fn matching_topics(conn: &Connection, patterns: &[TopicPattern]) -> Result<Option<String>, StoreError> {
+    if patterns.iter().any(TopicPattern::matches_everything) {
+        return Ok(None);
+    }
+    let mut statement = conn.prepare_cached("SELECT topic FROM topics")?;
+    let mut rows = statement.query([])?;
+    let mut topics = BTreeSet::new();
+    while let Some(row) = rows.next()? {
+        let topic: String = row.get(0)?;
+        if patterns.iter().any(|pattern| pattern.matches(&topic)) {
+            topics.insert(topic);
+        }
+    }
+    serde_json::to_string(&topics)
+        .map(Some)
+        .map_err(|error| StoreError::Internal(error.to_string()))
+}
+
+fn list_events(conn: &mut Connection, query: &ListQuery) -> Result<Vec<Event>, StoreError> {
+    use rusqlite::types::Value as Sql;
+    // One read transaction, so the topic list and the events come from the same snapshot.
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+    let mut sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE seq > ?1");
+    let mut values = vec![Sql::Integer(sql_int(query.after_seq))];
+    if let Some(topic) = &query.topic {
+        if let Some(pattern) = &query.pattern {
+            if !pattern.matches(topic) {
+                return Ok(Vec::new());
+            }
+        }
+        values.push(Sql::Text(topic.clone()));
+        sql.push_str(&format!(" AND topic = ?{}", values.len()));
+    } else if let Some(pattern) = &query.pattern {
+        if let Some(topics) = matching_topics(&tx, std::slice::from_ref(pattern))? {
+            if topics == "[]" {
+                return Ok(Vec::new());
+            }
+            values.push(Sql::Text(topics));
+            // `+topic` keeps SQLite scanning in seq order instead of sorting a topic's rows.
+            sql.push_str(&format!(" AND +topic IN (SELECT value FROM json_each(?{}))", values.len()));
+        }
+    }
+    if let Some(status) = query.status {
+        // Literal text, so SQLite can use the partial index on unusual statuses.
+        sql.push_str(&format!(" AND status = '{}'", status.as_str()));
+        if status != EventStatus::Published {
+            sql.push_str(" AND status != 'published'");
+        }
+    }
+    if let Some(trace_id) = &query.trace_id {
+        values.push(Sql::Text(trace_id.clone()));
+        sql.push_str(&format!(" AND trace_id = ?{}", values.len()));
+    }
+    values.push(Sql::Integer(i64::from(query.limit)));
+    sql.push_str(&format!(" ORDER BY seq LIMIT ?{}", values.len()));
+    let mut statement = tx.prepare_cached(&sql)?;
+    let rows = statement.query_map(rusqlite::params_from_iter(values), event_from_row)?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+/// Up to `limit` events from `from_seq` (inclusive) whose topic matches `patterns` (all when
+/// `None`), and the seq to continue from: past the last event returned, or past everything
+/// committed when fewer than `limit` matched.
+pub(crate) fn scan(
+    conn: &mut Connection,
+    from_seq: u64,
+    patterns: Option<&[TopicPattern]>,
+    limit: usize,
+) -> Result<(Vec<Arc<Committed>>, u64), StoreError> {
+    let from_seq = from_seq.max(1);
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+    let newest: Option<i64> = tx.query_row("SELECT MAX(seq) FROM events", [], |row| row.get(0))?;
+    let past_everything = newest.map_or(from_seq, |newest| from_sql_int(newest) + 1).max(from_seq);
+    let topics = match patterns {
+        Some(patterns) => matching_topics(&tx, patterns)?,
+        None => None,
+    };
+    if topics.as_deref() == Some("[]") {
+        return Ok((Vec::new(), past_everything));
+    }
+    let limit_sql = i64::try_from(limit).unwrap_or(i64::MAX);
+    let events: Vec<Event> = match &topics {
+        Some(topics) => {
+            let mut statement = tx.prepare_cached(&format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE seq >= ?1 \
+                 AND +topic IN (SELECT value FROM json_each(?2)) ORDER BY seq LIMIT ?3"
+            ))?;
+            let rows = statement.query_map(
+                rusqlite::params![sql_int(from_seq), topics, limit_sql],
+                event_from_row,
+            )?;
+            rows.collect::<Result<_, _>>()?
+        }
+        None => {
+            let mut statement = tx.prepare_cached(&format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE seq >= ?1 ORDER BY seq LIMIT ?2"
+            ))?;
+            let rows = statement.query_map(rusqlite::params![sql_int(from_seq), limit_sql], event_from_row)?;
+            rows.collect::<Result<_, _>>()?
+        }
+    };
+    let next = match events.last() {
+        Some(last) if events.len() >= limit => last.seq + 1,
+        _ => past_everything,
+    };
+    let committed = events
+        .into_iter()
+        .map(|event| Committed::new(event).map(Arc::new))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((committed, next))
+}

@@ -1,0 +1,17 @@
+//! Wire types of the aiventbus protocol: the JSON-RPC envelope and error codes, one marker type per
+//! method, the event envelope and topic patterns. Nothing here does I/O; every service and client
+//! speaks through these types.
+#![deny(missing_docs)]
+
+pub mod event;
+pub mod jsonrpc;
+pub mod methods;
+pub mod pattern;
+
+pub use event::{Event, EventStatus, Priority};
+pub use jsonrpc::{ErrorCode, ErrorObject};
+pub use methods::Method;
+pub use pattern::TopicPattern;
+
+/// Version of the wire protocol spoken on every socket; bumped on incompatible changes.
+pub const PROTOCOL_VERSION: u32 = 1;

@@ -1,0 +1,475 @@
+//! The one config file (SPEC §17): every key has a default, so no file is needed. Unknown keys and
+//! bad values are all collected and reported together, each naming the key and the file.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Exit code for a bad config (EX_CONFIG-style usage error).
+pub const EXIT_CONFIG: i32 = 64;
+
+/// Durability of a bus commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncMode {
+    /// Survives process crashes (WAL, `synchronous=NORMAL`).
+    Normal,
+    /// Survives power loss (`synchronous=FULL`).
+    Full,
+}
+
+/// `[bus]`.
+#[derive(Debug, Clone)]
+pub struct BusConfig {
+    /// Commit durability.
+    pub sync: SyncMode,
+    /// Same topic + dedupe key within this window → deduped.
+    pub dedupe_window: Duration,
+    /// Events older than this are compacted away.
+    pub retention: Duration,
+    /// At most this many events are kept.
+    pub max_events: u64,
+    /// Largest event payload, serialized.
+    pub max_payload: u64,
+    /// Deepest allowed chain (a root has depth 0).
+    pub max_depth: u32,
+    /// Routable events per trace.
+    pub trace_budget: u32,
+    /// Events buffered per subscriber before it is cut off.
+    pub subscriber_buffer: usize,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        BusConfig {
+            sync: SyncMode::Normal,
+            dedupe_window: Duration::from_secs(60),
+            retention: Duration::from_secs(30 * 24 * 3600),
+            max_events: 10_000_000,
+            max_payload: 256 * 1024,
+            max_depth: 10,
+            trace_budget: 50,
+            subscriber_buffer: 4096,
+        }
+    }
+}
+
+/// `[rpc]`: limits of every socket server.
+#[derive(Debug, Clone)]
+pub struct RpcConfig {
+    /// Longest message line.
+    pub max_message: u64,
+    /// Concurrent connections per socket.
+    pub max_connections: usize,
+    /// Requests in flight per connection before reading pauses.
+    pub max_in_flight: usize,
+    /// Deadline of one request.
+    pub request_timeout: Duration,
+}
+
+impl Default for RpcConfig {
+    fn default() -> Self {
+        RpcConfig {
+            max_message: 1024 * 1024,
+            max_connections: 512,
+            max_in_flight: 1024,
+            request_timeout: Duration::from_secs(180),
+        }
+    }
+}
+
+/// `[gateway]`.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// TCP listen address for HTTP/ATP.
+    pub listen: String,
+    /// Largest HTTP body.
+    pub max_body: u64,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            listen: "127.0.0.1:8420".into(),
+            max_body: 1024 * 1024,
+        }
+    }
+}
+
+/// `[init]`.
+#[derive(Debug, Clone)]
+pub struct InitConfig {
+    /// How long a stopping service gets before SIGKILL.
+    pub grace: Duration,
+    /// How long a starting service gets to become ready.
+    pub ready_timeout: Duration,
+    /// Size of a service log file before it is rotated.
+    pub log_max: u64,
+    /// Consecutive crashes (without a healthy minute between) before giving up.
+    pub crash_loop_limit: u32,
+    /// Interval of health checks.
+    pub health_interval: Duration,
+}
+
+impl Default for InitConfig {
+    fn default() -> Self {
+        InitConfig {
+            grace: Duration::from_secs(5),
+            ready_timeout: Duration::from_secs(15),
+            log_max: 10 * 1024 * 1024,
+            crash_loop_limit: 10,
+            health_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `[providers.<name>]`: a model server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderConfig {
+    /// Base URL.
+    pub base_url: String,
+    /// Environment variable holding the API key, if any.
+    pub api_key_env: Option<String>,
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    /// Where it was read from (or would have been).
+    pub file: PathBuf,
+    /// `[bus]`.
+    pub bus: BusConfig,
+    /// `[rpc]`.
+    pub rpc: RpcConfig,
+    /// `[gateway]`.
+    pub gateway: GatewayConfig,
+    /// `[init]`.
+    pub init: InitConfig,
+    /// `[providers.*]`.
+    pub providers: BTreeMap<String, ProviderConfig>,
+}
+
+/// Every problem found in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors {
+    /// The file.
+    pub file: PathBuf,
+    /// One line per problem, each starting with the key.
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid config {}:", self.file.display())?;
+        for problem in &self.problems {
+            write!(f, "\n  - {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl Config {
+    /// Reads `file`; a missing file gives the defaults.
+    pub fn load(file: &Path) -> Result<Config, ConfigErrors> {
+        match std::fs::read_to_string(file) {
+            Ok(text) => Config::parse(&text, file),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Config {
+                file: file.to_path_buf(),
+                ..Config::default()
+            }),
+            Err(e) => Err(ConfigErrors {
+                file: file.to_path_buf(),
+                problems: vec![format!("cannot read the file: {e}")],
+            }),
+        }
+    }
+
+    /// Parses config text; `file` is only used in messages.
+    pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigErrors> {
+        let mut config = Config {
+            file: file.to_path_buf(),
+            ..Config::default()
+        };
+        let mut problems = Vec::new();
+        let table: toml::Table = match text.parse() {
+            Ok(table) => table,
+            Err(e) => {
+                return Err(ConfigErrors {
+                    file: file.to_path_buf(),
+                    problems: vec![format!("not valid TOML: {e}")],
+                });
+            }
+        };
+        for (section, value) in &table {
+            let Some(entries) = value.as_table() else {
+                problems.push(format!("{section}: expected a [{section}] table"));
+                continue;
+            };
+            let mut v = Visitor {
+                section,
+                problems: &mut problems,
+            };
+            match section.as_str() {
+                "bus" => v.bus(entries, &mut config.bus),
+                "rpc" => v.rpc(entries, &mut config.rpc),
+                "gateway" => v.gateway(entries, &mut config.gateway),
+                "init" => v.init(entries, &mut config.init),
+                "providers" => v.providers(entries, &mut config.providers),
+                _ => problems.push(format!("{section}: unknown section")),
+            }
+        }
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors {
+                file: file.to_path_buf(),
+                problems,
+            })
+        }
+    }
+}
+
+struct Visitor<'a> {
+    section: &'a str,
+    problems: &'a mut Vec<String>,
+}
+
+impl Visitor<'_> {
+    fn bad(&mut self, key: &str, message: impl fmt::Display) {
+        self.problems.push(format!("{}.{key}: {message}", self.section));
+    }
+
+    fn set<T>(&mut self, key: &str, value: &toml::Value, slot: &mut T, parse: impl Fn(&toml::Value) -> Result<T, String>) {
+        match parse(value) {
+            Ok(parsed) => *slot = parsed,
+            Err(message) => self.bad(key, message),
+        }
+    }
+
+    fn bus(&mut self, entries: &toml::Table, bus: &mut BusConfig) {
+        for (key, value) in entries {
+            match key.as_str() {
+                "sync" => self.set(key, value, &mut bus.sync, |v| match v.as_str() {
+                    Some("normal") => Ok(SyncMode::Normal),
+                    Some("full") => Ok(SyncMode::Full),
+                    _ => Err(format!("expected \"normal\" or \"full\", got {v}")),
+                }),
+                "dedupe_window" => self.set(key, value, &mut bus.dedupe_window, duration),
+                "retention" => self.set(key, value, &mut bus.retention, duration),
+                "max_events" => self.set(key, value, &mut bus.max_events, |v| positive(v).map(|n| n as u64)),
+                "max_payload" => self.set(key, value, &mut bus.max_payload, size),
+                "max_depth" => self.set(key, value, &mut bus.max_depth, |v| small(v, 1000)),
+                "trace_budget" => self.set(key, value, &mut bus.trace_budget, |v| small(v, 1_000_000)),
+                "subscriber_buffer" => self.set(key, value, &mut bus.subscriber_buffer, |v| {
+                    small(v, 10_000_000).map(|n| n as usize)
+                }),
+                _ => self.bad(key, "unknown key"),
+            }
+        }
+    }
+
+    fn rpc(&mut self, entries: &toml::Table, rpc: &mut RpcConfig) {
+        for (key, value) in entries {
+            match key.as_str() {
+                "max_message" => self.set(key, value, &mut rpc.max_message, size),
+                "max_connections" => self.set(key, value, &mut rpc.max_connections, |v| {
+                    small(v, 1_000_000).map(|n| n as usize)
+                }),
+                "max_in_flight" => self.set(key, value, &mut rpc.max_in_flight, |v| {
+                    small(v, 1_000_000).map(|n| n as usize)
+                }),
+                "request_timeout" => self.set(key, value, &mut rpc.request_timeout, duration),
+                _ => self.bad(key, "unknown key"),
+            }
+        }
+    }
+
+    fn gateway(&mut self, entries: &toml::Table, gateway: &mut GatewayConfig) {
+        for (key, value) in entries {
+            match key.as_str() {
+                "listen" => self.set(key, value, &mut gateway.listen, |v| {
+                    let text = v.as_str().ok_or_else(|| format!("expected \"host:port\", got {v}"))?;
+                    text.parse::<std::net::SocketAddr>()
+                        .map_err(|_| format!("expected an address like \"127.0.0.1:8420\", got {text:?}"))?;
+                    Ok(text.to_owned())
+                }),
+                "max_body" => self.set(key, value, &mut gateway.max_body, size),
+                _ => self.bad(key, "unknown key"),
+            }
+        }
+    }
+
+    fn init(&mut self, entries: &toml::Table, init: &mut InitConfig) {
+        for (key, value) in entries {
+            match key.as_str() {
+                "grace" => self.set(key, value, &mut init.grace, duration),
+                "ready_timeout" => self.set(key, value, &mut init.ready_timeout, duration),
+                "log_max" => self.set(key, value, &mut init.log_max, size),
+                "crash_loop_limit" => self.set(key, value, &mut init.crash_loop_limit, |v| small(v, 1000)),
+                "health_interval" => self.set(key, value, &mut init.health_interval, duration),
+                _ => self.bad(key, "unknown key"),
+            }
+        }
+    }
+
+    fn providers(&mut self, entries: &toml::Table, providers: &mut BTreeMap<String, ProviderConfig>) {
+        for (name, value) in entries {
+            let Some(table) = value.as_table() else {
+                self.bad(name, "expected a [providers.NAME] table");
+                continue;
+            };
+            let mut provider = ProviderConfig {
+                base_url: String::new(),
+                api_key_env: None,
+            };
+            for (key, value) in table {
+                let full = format!("{name}.{key}");
+                match key.as_str() {
+                    "base_url" => match value.as_str() {
+                        Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+                            provider.base_url = url.trim_end_matches('/').to_owned();
+                        }
+                        _ => self.bad(&full, format!("expected an http:// or https:// URL, got {value}")),
+                    },
+                    "api_key_env" => match value.as_str() {
+                        Some(var) if !var.is_empty() => provider.api_key_env = Some(var.to_owned()),
+                        _ => self.bad(&full, format!("expected an environment variable name, got {value}")),
+                    },
+                    _ => self.bad(&full, "unknown key"),
+                }
+            }
+            if provider.base_url.is_empty() {
+                self.bad(&format!("{name}.base_url"), "is required");
+            }
+            providers.insert(name.clone(), provider);
+        }
+    }
+}
+
+fn duration(value: &toml::Value) -> Result<Duration, String> {
+    let text = value
+        .as_str()
+        .ok_or_else(|| format!("expected a duration string such as \"500ms\" or \"60s\", got {value}"))?;
+    parse_duration(text)
+}
+
+/// Parses `"500ms"`, `"60s"`, `"24h"`, `"30d"`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{text:?} is not a duration ({e}); use e.g. \"500ms\", \"60s\", \"30d\""))
+}
+
+fn size(value: &toml::Value) -> Result<u64, String> {
+    match value {
+        toml::Value::Integer(n) if *n > 0 => Ok(*n as u64),
+        toml::Value::String(text) => parse_size(text),
+        _ => Err(format!("expected a size such as \"1MiB\", got {value}")),
+    }
+}
+
+/// Parses `"1MiB"`, `"256KiB"`, `"10MB"`, `"512"` (bytes).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    let split = trimmed.find(|c: char| !c.is_ascii_digit()).unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size; use e.g. \"1MiB\", \"256KiB\""))?;
+    let multiplier: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => return Err(format!("{text:?} has an unknown unit {other:?}; use B, KiB, MiB, GiB, KB, MB or GB")),
+    };
+    match number.checked_mul(multiplier) {
+        Some(0) => Err(format!("{text:?} must be greater than zero")),
+        Some(n) => Ok(n),
+        None => Err(format!("{text:?} is too large")),
+    }
+}
+
+fn positive(value: &toml::Value) -> Result<i64, String> {
+    match value.as_integer() {
+        Some(n) if n > 0 => Ok(n),
+        _ => Err(format!("expected a positive integer, got {value}")),
+    }
+}
+
+fn small(value: &toml::Value, max: i64) -> Result<u32, String> {
+    match value.as_integer() {
+        Some(n) if n > 0 && n <= max => Ok(n as u32),
+        _ => Err(format!("expected an integer from 1 to {max}, got {value}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_without_a_file() {
+        let config = Config::load(Path::new("/nonexistent/aiventbus.toml")).unwrap();
+        assert_eq!(config.bus.sync, SyncMode::Normal);
+        assert_eq!(config.bus.dedupe_window, Duration::from_secs(60));
+        assert_eq!(config.rpc.max_message, 1 << 20);
+        assert_eq!(config.gateway.listen, "127.0.0.1:8420");
+    }
+
+    #[test]
+    fn reads_the_spec_example() {
+        let text = r#"
+[providers.ollama]
+base_url = "http://127.0.0.1:11434"
+[providers.openai]
+base_url = "http://127.0.0.1:8080/v1"
+api_key_env = "OPENAI_API_KEY"
+[gateway]
+listen = "127.0.0.1:8420"
+[bus]
+sync = "full"
+dedupe_window = "500ms"
+max_payload = "1MiB"
+"#;
+        let config = Config::parse(text, Path::new("c.toml")).unwrap();
+        assert_eq!(config.bus.sync, SyncMode::Full);
+        assert_eq!(config.bus.dedupe_window, Duration::from_millis(500));
+        assert_eq!(config.bus.max_payload, 1 << 20);
+        assert_eq!(config.providers["openai"].api_key_env.as_deref(), Some("OPENAI_API_KEY"));
+    }
+
+    #[test]
+    fn reports_every_problem_with_key_and_file() {
+        let text = r#"
+[bus]
+sync = "sometimes"
+colour = "blue"
+retention = 5
+[nonsense]
+x = 1
+[gateway]
+listen = "everywhere"
+"#;
+        let errors = Config::parse(text, Path::new("/etc/x.toml")).unwrap_err();
+        let message = errors.to_string();
+        assert!(message.contains("/etc/x.toml"), "{message}");
+        for key in ["bus.sync", "bus.colour", "bus.retention", "nonsense", "gateway.listen"] {
+            assert!(message.contains(key), "{key} missing from {message}");
+        }
+        assert_eq!(errors.problems.len(), 5);
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("256KiB").unwrap(), 262_144);
+        assert_eq!(parse_size("10MB").unwrap(), 10_000_000);
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("5XB").is_err());
+        assert_eq!(parse_duration("30d").unwrap(), Duration::from_secs(30 * 86_400));
+        assert!(parse_duration("soon").is_err());
+    }
+}
