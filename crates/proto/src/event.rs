@@ -198,12 +198,7 @@ pub fn validate_prefixed_id(value: &str, prefix: &str) -> Result<(), String> {
     let rest = value
         .strip_prefix(prefix)
         .ok_or_else(|| format!("{value:?} must start with {prefix:?}"))?;
-    if rest.is_empty()
-        || rest.len() > 64
-        || !rest
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-    {
+    if rest.is_empty() || rest.len() > 64 || !rest.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
         return Err(format!(
             "{value:?} must be {prefix} followed by 1-64 characters of [A-Za-z0-9_-]"
         ));

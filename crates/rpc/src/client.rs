@@ -136,7 +136,12 @@ impl Client {
         let (commands, queue) = mpsc::channel(QUEUE);
         let stop = CancellationToken::new();
         let connected = Arc::new(AtomicBool::new(false));
-        tokio::spawn(connection_task(endpoint.clone(), queue, connected.clone(), stop.clone()));
+        tokio::spawn(connection_task(
+            endpoint.clone(),
+            queue,
+            connected.clone(),
+            stop.clone(),
+        ));
         Client {
             inner: Arc::new(Inner {
                 endpoint,

@@ -241,7 +241,13 @@ impl Visitor<'_> {
         self.problems.push(format!("{}.{key}: {message}", self.section));
     }
 
-    fn set<T>(&mut self, key: &str, value: &toml::Value, slot: &mut T, parse: impl Fn(&toml::Value) -> Result<T, String>) {
+    fn set<T>(
+        &mut self,
+        key: &str,
+        value: &toml::Value,
+        slot: &mut T,
+        parse: impl Fn(&toml::Value) -> Result<T, String>,
+    ) {
         match parse(value) {
             Ok(parsed) => *slot = parsed,
             Err(message) => self.bad(key, message),
@@ -357,7 +363,8 @@ fn duration(value: &toml::Value) -> Result<Duration, String> {
 
 /// Parses `"500ms"`, `"60s"`, `"24h"`, `"30d"`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text).map_err(|e| format!("{text:?} is not a duration ({e}); use e.g. \"500ms\", \"60s\", \"30d\""))
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{text:?} is not a duration ({e}); use e.g. \"500ms\", \"60s\", \"30d\""))
 }
 
 fn size(value: &toml::Value) -> Result<u64, String> {
@@ -384,7 +391,11 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "KB" | "kB" => 1000,
         "MB" => 1_000_000,
         "GB" => 1_000_000_000,
-        other => return Err(format!("{text:?} has an unknown unit {other:?}; use B, KiB, MiB, GiB, KB, MB or GB")),
+        other => {
+            return Err(format!(
+                "{text:?} has an unknown unit {other:?}; use B, KiB, MiB, GiB, KB, MB or GB"
+            ));
+        }
     };
     match number.checked_mul(multiplier) {
         Some(0) => Err(format!("{text:?} must be greater than zero")),
@@ -439,7 +450,10 @@ max_payload = "1MiB"
         assert_eq!(config.bus.sync, SyncMode::Full);
         assert_eq!(config.bus.dedupe_window, Duration::from_millis(500));
         assert_eq!(config.bus.max_payload, 1 << 20);
-        assert_eq!(config.providers["openai"].api_key_env.as_deref(), Some("OPENAI_API_KEY"));
+        assert_eq!(
+            config.providers["openai"].api_key_env.as_deref(),
+            Some("OPENAI_API_KEY")
+        );
     }
 
     #[test]

@@ -47,8 +47,7 @@ impl Credentials {
         let path = self.dir.join(KEY_FILE);
         let text = std::fs::read_to_string(&path)
             .map_err(|e| io::Error::new(e.kind(), format!("reading {}: {e}", path.display())))?;
-        let key = Key::from_hex(&text)
-            .map_err(|e| io::Error::other(format!("{}: {e}", path.display())))?;
+        let key = Key::from_hex(&text).map_err(|e| io::Error::other(format!("{}: {e}", path.display())))?;
         Ok(Verifier::new(service, &key))
     }
 

@@ -113,7 +113,10 @@ pub fn ensure_private_dir(dir: &Path) -> io::Result<()> {
     match fs::symlink_metadata(dir) {
         Ok(meta) => {
             if !meta.is_dir() {
-                return Err(io::Error::other(format!("{} exists and is not a directory", dir.display())));
+                return Err(io::Error::other(format!(
+                    "{} exists and is not a directory",
+                    dir.display()
+                )));
             }
             let uid = nix::unistd::getuid().as_raw();
             if meta.uid() != uid {

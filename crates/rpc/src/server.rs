@@ -21,12 +21,12 @@ use aiventbus_proto::jsonrpc::{Request, encode_error, encode_result};
 use aiventbus_proto::methods::{HelloParams, HelloResult};
 use aiventbus_proto::{ErrorCode, ErrorObject, Method};
 use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
 use serde_json::value::RawValue;
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
-use futures_util::StreamExt;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -177,13 +177,15 @@ impl<S: Send + Sync + 'static> Methods<S> {
     {
         self.table.insert(
             M::NAME,
-            Box::new(move |state, peer, params| match parse_params::<M::Params>(params.as_deref()) {
-                Ok(params) => {
-                    let fut = handler(state, peer, params);
-                    Box::pin(async move { Reply::json(&fut.await?) })
-                }
-                Err(error) => Box::pin(std::future::ready(Err(error))),
-            }),
+            Box::new(
+                move |state, peer, params| match parse_params::<M::Params>(params.as_deref()) {
+                    Ok(params) => {
+                        let fut = handler(state, peer, params);
+                        Box::pin(async move { Reply::json(&fut.await?) })
+                    }
+                    Err(error) => Box::pin(std::future::ready(Err(error))),
+                },
+            ),
         );
         self
     }
@@ -274,7 +276,10 @@ pub async fn serve(
         let id = CONNECTION_IDS.fetch_add(1, Ordering::Relaxed);
         let span = tracing::debug_span!("connection", service = %options.service, connection = id);
         let Ok(permit) = connections.clone().try_acquire_owned() else {
-            tracker.spawn(refuse(stream, ErrorObject::new(ErrorCode::Overloaded, "too many connections")));
+            tracker.spawn(refuse(
+                stream,
+                ErrorObject::new(ErrorCode::Overloaded, "too many connections"),
+            ));
             continue;
         };
         let connection = Connection::new(id, handler.clone(), options.clone(), shutdown.child_token());
@@ -499,7 +504,10 @@ impl Connection {
         let request: Request = match serde_json::from_slice(bytes) {
             Ok(request) => request,
             Err(error) if error.is_syntax() || error.is_eof() => {
-                return Err((None, ErrorObject::new(ErrorCode::Parse, format!("parse error: {error}"))));
+                return Err((
+                    None,
+                    ErrorObject::new(ErrorCode::Parse, format!("parse error: {error}")),
+                ));
             }
             Err(error) => {
                 let id = extract_id(bytes);
@@ -511,7 +519,10 @@ impl Connection {
         };
         if let Err(message) = request.validate() {
             let id = request.id.filter(|id| valid_id(id));
-            return Err((id, ErrorObject::new(ErrorCode::InvalidRequest, format!("invalid request: {message}"))));
+            return Err((
+                id,
+                ErrorObject::new(ErrorCode::InvalidRequest, format!("invalid request: {message}")),
+            ));
         }
         tracing::trace!(method = %request.method, "request");
         let dispatched = self.dispatch(&request.method, request.params);
@@ -544,7 +555,10 @@ impl Connection {
         let params: HelloParams = parse_params(params)?;
         let Auth::Token(verifier) = &self.options.auth else {
             // The public socket authenticates by uid; a hello there just reports who you are.
-            let peer = self.peer.as_ref().ok_or_else(|| RpcError::unauthorized("not authenticated"))?;
+            let peer = self
+                .peer
+                .as_ref()
+                .ok_or_else(|| RpcError::unauthorized("not authenticated"))?;
             return Reply::json(&HelloResult {
                 subject: peer.subject.clone(),
                 audience: self.options.service.clone(),
@@ -660,4 +674,3 @@ fn user_name(uid: u32) -> String {
         .map(|user| user.name)
         .unwrap_or_else(|| uid.to_string())
 }
-

@@ -276,7 +276,9 @@ impl Verifier {
         if token.len() > 8192 {
             return Err(TokenError::Malformed("token is too long"));
         }
-        let rest = token.strip_prefix(PREFIX).ok_or(TokenError::Malformed("unknown token version"))?;
+        let rest = token
+            .strip_prefix(PREFIX)
+            .ok_or(TokenError::Malformed("unknown token version"))?;
         let mut parts = rest.split('.');
         let root_b64 = parts.next().ok_or(TokenError::Malformed("no root"))?;
         let mut tail: Vec<&str> = parts.collect();
@@ -318,7 +320,9 @@ impl Verifier {
                 .split_once('=')
                 .ok_or_else(|| TokenError::UnknownCaveat(text.clone()))?;
             match key {
-                "scope" => claims.scopes.push(Scope::new(value.split(',').filter(|s| !s.is_empty()))),
+                "scope" => claims
+                    .scopes
+                    .push(Scope::new(value.split(',').filter(|s| !s.is_empty()))),
                 "exp" => {
                     let exp: u64 = value.parse().map_err(|_| TokenError::UnknownCaveat(text.clone()))?;
                     claims.expires_at_ms = claims.expires_at_ms.min(exp);
@@ -377,9 +381,8 @@ mod tests {
 
         // Root edited to widen the scope, signature kept.
         let parts: Vec<&str> = token.split('.').collect();
-        let widened_root = B64.encode(
-            br#"{"sub":"gateway","aud":"bus","scope":["*"],"exp":1800000001000,"nonce":"x"}"#,
-        );
+        let widened_root =
+            B64.encode(br#"{"sub":"gateway","aud":"bus","scope":["*"],"exp":1800000001000,"nonce":"x"}"#);
         let forged = format!("v1.{widened_root}.{}", parts[2]);
         assert_eq!(verifier.verify(&forged, NOW), Err(TokenError::BadSignature));
 
@@ -439,7 +442,10 @@ mod tests {
         let conflicting = attenuate(&bound, "action=act_2").unwrap();
         assert_eq!(verifier.verify(&conflicting, NOW).unwrap().binding("action"), None);
         let unknown = attenuate(&token, "color=blue").unwrap();
-        assert!(matches!(verifier.verify(&unknown, NOW), Err(TokenError::UnknownCaveat(_))));
+        assert!(matches!(
+            verifier.verify(&unknown, NOW),
+            Err(TokenError::UnknownCaveat(_))
+        ));
     }
 
     #[test]
