@@ -1,1 +1,327 @@
-fn main() {}
+//! `aibus`, the command-line client: parses the command line, runs one command against the daemon's
+//! public socket, and turns the outcome into an exit status (SPEC §13: 0 ok, 1 failure, 2 usage,
+//! 3 daemon not running).
+
+mod daemon;
+mod events;
+mod output;
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use aiventbus_client::{Client, Error as ClientError};
+use aiventbus_proto::ErrorCode;
+use aiventbus_rpc::paths::Paths;
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+/// The aiventbus command-line client.
+#[derive(Debug, Parser)]
+#[command(name = "aibus", version, about = "Command-line client for the aiventbus daemon")]
+struct Cli {
+    /// Print JSON instead of text: one document per command, one event per line for `tail`.
+    #[arg(long, global = true)]
+    json: bool,
+    /// The daemon's public socket [default: api.sock in the runtime dir].
+    #[arg(long, global = true, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start the daemon (aiventbus-init) in the foreground, or in the background with --detach.
+    Up {
+        /// Start in the background and return once the daemon answers.
+        #[arg(long, short = 'd')]
+        detach: bool,
+    },
+    /// Stop the daemon: SIGTERM to init, then wait until it is gone.
+    Down,
+    /// Show the supervised services and bus figures.
+    Status,
+    /// Show (and follow) a service's log file.
+    Logs(daemon::LogsArgs),
+    /// Publish one event.
+    Publish(events::PublishArgs),
+    /// Follow events as they are published, reconnecting when the daemon restarts.
+    Tail(events::TailArgs),
+    /// List stored events.
+    Events(events::ListArgs),
+    /// Show the events of one trace as a tree.
+    Trace {
+        /// The trace id (`tr_…`).
+        trace_id: String,
+    },
+    /// Show the client's and the daemon's versions.
+    Version,
+}
+
+/// What every command needs: where the daemon is and how to print.
+pub struct Context {
+    /// Print JSON instead of text.
+    pub json: bool,
+    /// The public socket to talk to.
+    pub socket: PathBuf,
+    /// The daemon's directories (pid file, logs).
+    pub paths: Paths,
+}
+
+impl Context {
+    /// Connects to the daemon; a missing daemon surfaces as `ClientError::Unavailable` (exit 3).
+    pub async fn connect(&self) -> Result<Client, ClientError> {
+        Client::connect(&self.socket).await
+    }
+}
+
+/// A mistake in how aibus was invoked that clap cannot see (a bad payload, a bad pattern): exit 2.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageError(pub String);
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// The daemon is not running, found without asking its socket (no pid file, a stale pid): exit 3.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotRunning(pub String);
+
+impl fmt::Display for NotRunning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NotRunning {}
+
+/// Exit statuses of SPEC §13.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exit {
+    Ok = 0,
+    Failure = 1,
+    Usage = 2,
+    NotRunning = 3,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(exit: Exit) -> ExitCode {
+        ExitCode::from(exit as u8)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let paths = Paths::from_env();
+    let context = Context {
+        json: cli.json,
+        socket: cli.socket.clone().unwrap_or_else(|| paths.api_socket()),
+        paths,
+    };
+    match run(cli.command, &context) {
+        Ok(()) => Exit::Ok.into(),
+        // The reader of our output went away (`aibus tail | head`): nothing left to tell anyone.
+        Err(error) if is_broken_pipe(&error) => Exit::Ok.into(),
+        Err(error) => {
+            output::stderr_line(&render_error(&error, &context.socket));
+            exit_status(&error).into()
+        }
+    }
+}
+
+fn run(command: Command, context: &Context) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        match command {
+            Command::Up { detach } => daemon::up(context, detach).await,
+            Command::Down => daemon::down(context).await,
+            Command::Status => daemon::status(context).await,
+            Command::Logs(args) => daemon::logs(context, &args).await,
+            Command::Publish(args) => events::publish(context, args).await,
+            Command::Tail(args) => events::tail(context, args).await,
+            Command::Events(args) => events::list(context, args).await,
+            Command::Trace { trace_id } => events::trace(context, &trace_id).await,
+            Command::Version => daemon::version(context).await,
+        }
+    })
+}
+
+/// The exit status for a failed command.
+fn exit_status(error: &anyhow::Error) -> Exit {
+    for cause in error.chain() {
+        if cause.downcast_ref::<UsageError>().is_some() {
+            return Exit::Usage;
+        }
+        if cause.downcast_ref::<NotRunning>().is_some() {
+            return Exit::NotRunning;
+        }
+        if let Some(client_error) = cause.downcast_ref::<ClientError>() {
+            return client_exit_status(client_error);
+        }
+    }
+    Exit::Failure
+}
+
+/// The exit status for a failed call: only "nobody answers" means the daemon is not running; an
+/// error answer (even -32005, a dependency down) means it runs and said no.
+fn client_exit_status(error: &ClientError) -> Exit {
+    match error {
+        ClientError::Unavailable(_) => Exit::NotRunning,
+        ClientError::Rpc(_) | ClientError::Disconnected | ClientError::Timeout | ClientError::Protocol(_) => {
+            Exit::Failure
+        }
+    }
+}
+
+/// The message printed to stderr for a failed command.
+fn render_error(error: &anyhow::Error, socket: &Path) -> String {
+    let mut contexts = Vec::new();
+    for cause in error.chain() {
+        if let Some(usage) = cause.downcast_ref::<UsageError>() {
+            return format!("error: {usage}\n\nFor more information, try '--help'.");
+        }
+        if let Some(not_running) = cause.downcast_ref::<NotRunning>() {
+            return not_running.to_string();
+        }
+        if let Some(client_error) = cause.downcast_ref::<ClientError>() {
+            return match client_error {
+                ClientError::Unavailable(_) => format!(
+                    "aiventbus is not running (no answer on {}); start it with 'aibus up'",
+                    socket.display()
+                ),
+                ClientError::Rpc(answer) => {
+                    contexts.push(format!(
+                        "{} [{} ({})]",
+                        answer.message,
+                        code_name(answer.code),
+                        answer.code
+                    ));
+                    let mut text = format!("error: {}", contexts.join(": "));
+                    if let Some(data) = &answer.data {
+                        text.push_str(&format!("\n  data: {data}"));
+                    }
+                    text
+                }
+                ClientError::Disconnected => {
+                    contexts.push("the connection to the daemon was lost before it answered; the request may or may not have taken effect".into());
+                    format!("error: {}", contexts.join(": "))
+                }
+                ClientError::Timeout | ClientError::Protocol(_) => {
+                    contexts.push(client_error.to_string());
+                    format!("error: {}", contexts.join(": "))
+                }
+            };
+        }
+        contexts.push(cause.to_string());
+    }
+    format!("error: {}", contexts.join(": "))
+}
+
+/// A readable name for a JSON-RPC error code (SPEC §3).
+fn code_name(code: i32) -> &'static str {
+    match ErrorCode::from_code(code) {
+        Some(ErrorCode::Parse) => "parse error",
+        Some(ErrorCode::InvalidRequest) => "invalid request",
+        Some(ErrorCode::MethodNotFound) => "no such method",
+        Some(ErrorCode::InvalidParams) => "invalid params",
+        Some(ErrorCode::Internal) => "internal error",
+        Some(ErrorCode::Unauthorized) => "unauthorized",
+        Some(ErrorCode::NotFound) => "not found",
+        Some(ErrorCode::Conflict) => "conflict",
+        Some(ErrorCode::Overloaded) => "overloaded",
+        Some(ErrorCode::Unavailable) => "unavailable",
+        Some(ErrorCode::TooLarge) => "too large",
+        Some(ErrorCode::Expired) => "expired",
+        None => "error",
+    }
+}
+
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .filter_map(|cause| cause.downcast_ref::<io::Error>())
+        .any(|io_error| io_error.kind() == io::ErrorKind::BrokenPipe)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aiventbus_proto::ErrorObject;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn client_errors_map_to_exit_statuses() {
+        let cases = [
+            (
+                ClientError::Unavailable("x: connection refused".into()),
+                Exit::NotRunning,
+            ),
+            (
+                ClientError::Rpc(ErrorObject::new(ErrorCode::NotFound, "no such event")),
+                Exit::Failure,
+            ),
+            (
+                ClientError::Rpc(ErrorObject::new(ErrorCode::Unavailable, "bus is down")),
+                Exit::Failure,
+            ),
+            (ClientError::Disconnected, Exit::Failure),
+            (ClientError::Timeout, Exit::Failure),
+            (ClientError::Protocol("bad".into()), Exit::Failure),
+        ];
+        for (error, expected) in cases {
+            assert_eq!(client_exit_status(&error), expected, "{error:?}");
+            let wrapped = anyhow::Error::new(error).context("publishing to demo");
+            assert_eq!(exit_status(&wrapped), expected);
+        }
+    }
+
+    #[test]
+    fn usage_and_not_running_map_through_context() {
+        let usage = anyhow::Error::new(UsageError("bad payload".into())).context("reading the payload");
+        assert_eq!(exit_status(&usage), Exit::Usage);
+        let not_running = anyhow::Error::new(NotRunning("aiventbus is not running".into()));
+        assert_eq!(exit_status(&not_running), Exit::NotRunning);
+        assert_eq!(exit_status(&anyhow::anyhow!("anything else")), Exit::Failure);
+    }
+
+    #[test]
+    fn error_answers_name_the_code() {
+        let error = anyhow::Error::new(ClientError::Rpc(ErrorObject::new(
+            ErrorCode::NotFound,
+            "no event evt_1",
+        )))
+        .context("events.get");
+        assert_eq!(
+            render_error(&error, Path::new("/run/x/api.sock")),
+            "error: events.get: no event evt_1 [not found (-32002)]"
+        );
+        let unreachable = anyhow::Error::new(ClientError::Unavailable("refused".into()));
+        assert_eq!(
+            render_error(&unreachable, Path::new("/run/x/api.sock")),
+            "aiventbus is not running (no answer on /run/x/api.sock); start it with 'aibus up'"
+        );
+        let usage = anyhow::Error::new(UsageError("the payload must be a JSON object, not an array".into()));
+        assert!(render_error(&usage, Path::new("/s")).starts_with("error: the payload must be a JSON object"));
+    }
+
+    #[test]
+    fn broken_pipes_are_recognised() {
+        let error = anyhow::Error::new(io::Error::from(io::ErrorKind::BrokenPipe)).context("writing");
+        assert!(is_broken_pipe(&error));
+        assert!(!is_broken_pipe(&anyhow::anyhow!("other")));
+    }
+}

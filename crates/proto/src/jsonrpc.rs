@@ -249,14 +249,15 @@ pub fn encode_error(id: Option<&RawValue>, error: &ErrorObject) -> String {
 }
 
 /// Writes a subscription notification line (without the trailing newline).
-pub fn encode_notification(method: &str, subscription: &str, result: &RawValue) -> String {
-    let mut out = String::with_capacity(80 + method.len() + result.get().len());
+/// `result` must be valid JSON (for example an event serialized once at commit).
+pub fn encode_notification(method: &str, subscription: &str, result: &str) -> String {
+    let mut out = String::with_capacity(80 + method.len() + result.len());
     out.push_str("{\"jsonrpc\":\"2.0\",\"method\":");
     push_json_str(&mut out, method);
     out.push_str(",\"params\":{\"subscription\":");
     push_json_str(&mut out, subscription);
     out.push_str(",\"result\":");
-    out.push_str(result.get());
+    out.push_str(result);
     out.push_str("}}");
     out
 }

@@ -487,3 +487,27 @@ listen = "everywhere"
         assert!(parse_duration("soon").is_err());
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    /// The shipped example must stay valid and must show the real defaults.
+    #[test]
+    fn example_file_matches_the_defaults() {
+        let text = include_str!("../../../etc/config.example.toml");
+        let config = Config::parse(text, Path::new("etc/config.example.toml")).unwrap();
+        let defaults = Config::default();
+        assert_eq!(config.bus.sync, defaults.bus.sync);
+        assert_eq!(config.bus.dedupe_window, defaults.bus.dedupe_window);
+        assert_eq!(config.bus.retention, defaults.bus.retention);
+        assert_eq!(config.bus.max_events, defaults.bus.max_events);
+        assert_eq!(config.bus.max_payload, defaults.bus.max_payload);
+        assert_eq!(config.bus.subscriber_buffer, defaults.bus.subscriber_buffer);
+        assert_eq!(config.rpc.max_message, defaults.rpc.max_message);
+        assert_eq!(config.rpc.request_timeout, defaults.rpc.request_timeout);
+        assert_eq!(config.init.grace, defaults.init.grace);
+        assert_eq!(config.init.log_max, defaults.init.log_max);
+        assert_eq!(config.gateway.listen, defaults.gateway.listen);
+    }
+}
