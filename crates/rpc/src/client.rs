@@ -220,6 +220,11 @@ impl Client {
 }
 
 async fn open(endpoint: &Endpoint) -> Result<(OwnedReadHalf, OwnedWriteHalf), ClientError> {
+    open_until(endpoint).await.map(|(read, write, _)| (read, write))
+}
+
+/// Connects and authenticates; also returns when the presented token expires (unix ms).
+async fn open_until(endpoint: &Endpoint) -> Result<(OwnedReadHalf, OwnedWriteHalf, Option<u64>), ClientError> {
     let token = endpoint.token.load()?;
     let stream = UnixStream::connect(&endpoint.path)
         .await
@@ -232,12 +237,14 @@ async fn open(endpoint: &Endpoint) -> Result<(OwnedReadHalf, OwnedWriteHalf), Cl
             .write_all(hello.as_bytes())
             .await
             .map_err(|e| ClientError::Unavailable(e.to_string()))?;
-        let reply = read_reply(&mut frames).await?;
-        reply?;
+        let reply = read_reply(&mut frames).await??;
+        let expires_at_ms = serde_json::from_str::<aiventbus_proto::methods::HelloResult>(reply.get())
+            .ok()
+            .map(|hello| hello.expires_at_ms);
         let read = frames.into_inner();
-        return Ok((read, write));
+        return Ok((read, write, expires_at_ms));
     }
-    Ok((read, write))
+    Ok((read, write, None))
 }
 
 async fn read_reply(
@@ -290,9 +297,9 @@ async fn connection_task(
     let mut backoff = Duration::from_millis(10);
     let mut next_id: u64 = 1;
     loop {
-        let (read, write) = tokio::select! {
+        let (read, write, expires_at_ms) = tokio::select! {
             _ = stop.cancelled() => return,
-            opened = open(&endpoint) => match opened {
+            opened = open_until(&endpoint) => match opened {
                 Ok(halves) => halves,
                 Err(error) => {
                     connected.store(false, Ordering::Relaxed);
@@ -311,9 +318,20 @@ async fn connection_task(
         let mut waiting: Waiting = HashMap::new();
         let mut frames = FramedRead::with_capacity(read, LineCodec::new(MAX_REPLY), 64 * 1024);
         let mut writer = BufWriter::with_capacity(64 * 1024, write);
+        // Reconnect (re-reading the token file, which init refreshes) well before the token expires.
+        let mut rotate_at = expires_at_ms.map(|ms| {
+            let left = Duration::from_millis(ms.saturating_sub(crate::time::now_ms()));
+            tokio::time::Instant::now() + left.saturating_sub(left / 10 + Duration::from_secs(60))
+        });
         let ended = loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
+                _ = sleep_until_some(rotate_at) => {
+                    if waiting.is_empty() {
+                        break "token refresh";
+                    }
+                    rotate_at = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+                }
                 command = queue.recv() => {
                     let Some(first) = command else { return };
                     let mut batch = vec![first];
@@ -353,6 +371,13 @@ async fn connection_task(
         for (_, reply) in waiting.drain() {
             let _ = reply.send(Err(ClientError::Disconnected));
         }
+    }
+}
+
+async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 
