@@ -18,11 +18,17 @@ pub struct RandomError(String);
 
 /// Encodes a 48-bit timestamp and 80 random bits as a 26-character ULID.
 pub fn ulid(ms: u64, random: [u8; 10]) -> String {
+    prefixed_ulid("", ms, random)
+}
+
+/// `prefix` followed by the ULID, built in one allocation.
+fn prefixed_ulid(prefix: &str, ms: u64, random: [u8; 10]) -> String {
     let mut value: u128 = u128::from(ms & 0xFFFF_FFFF_FFFF) << 80;
     for (index, byte) in random.iter().enumerate() {
         value |= u128::from(*byte) << (8 * (9 - index));
     }
-    let mut text = String::with_capacity(ULID_LEN);
+    let mut text = String::with_capacity(prefix.len() + ULID_LEN);
+    text.push_str(prefix);
     for position in 0..ULID_LEN {
         let shift = 5 * (ULID_LEN - 1 - position);
         // The mask keeps the index below 32, the alphabet's length.
@@ -61,12 +67,12 @@ impl IdGenerator {
 
     /// A fresh `evt_` id for an event created at `ms`.
     pub fn event_id(&mut self, ms: u64) -> Result<String, RandomError> {
-        Ok(format!("evt_{}", ulid(ms, self.random10()?)))
+        Ok(prefixed_ulid("evt_", ms, self.random10()?))
     }
 
     /// A fresh `tr_` id for a trace started at `ms`.
     pub fn trace_id(&mut self, ms: u64) -> Result<String, RandomError> {
-        Ok(format!("tr_{}", ulid(ms, self.random10()?)))
+        Ok(prefixed_ulid("tr_", ms, self.random10()?))
     }
 }
 
@@ -102,9 +108,7 @@ mod tests {
         assert!(aiventbus_proto::event::validate_prefixed_id(&early, "evt_").is_ok());
         assert!(aiventbus_proto::event::validate_prefixed_id(&trace, "tr_").is_ok());
 
-        let seen: HashSet<String> = (0..5000)
-            .map(|_| generator.event_id(42).unwrap())
-            .collect();
+        let seen: HashSet<String> = (0..5000).map(|_| generator.event_id(42).unwrap()).collect();
         assert_eq!(seen.len(), 5000, "ids made in the same millisecond collide");
     }
 }

@@ -1,10 +1,10 @@
 //! The durable event store: configuration, the publish request and its validation, and the
 //! [`Store`] handle. Publishes go through one bounded queue to the writer thread (`writer.rs`),
-//! which commits them in groups; reads use a small pool of read-only SQLite connections on
-//! blocking threads. Retention deletes only a prefix of the log, so the stored seqs are always
-//! one contiguous run ending at the head.
+//! which commits them in groups; a notifier thread then hands each batch to the hub and answers
+//! the callers. Reads use a small pool of read-only SQLite connections on blocking threads
+//! (`schema.rs`). Retention deletes only a prefix of the log, so the stored seqs are always one
+//! contiguous run ending at the newest event.
 
-use std::collections::BTreeSet;
 use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -13,9 +13,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{Connection, TransactionBehavior};
 use serde_json::{Map, Value};
-use tokio::sync::{Semaphore, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
 use aiventbus_proto::event::{validate_prefixed_id, validate_source, validate_topic};
 use aiventbus_proto::methods::{
@@ -24,8 +23,8 @@ use aiventbus_proto::methods::{
 use aiventbus_proto::{ErrorCode, Event, EventStatus, Priority, TopicPattern};
 
 use crate::hub::{Hub, Subscription};
-use crate::schema::{self, EVENT_COLUMNS, event_from_row, from_sql_int, sql_int};
-use crate::writer::{Command, PublishRequest, Writer};
+use crate::schema::{self, Prepared, ReadPool, from_sql_int, get_event, list_events, scan};
+use crate::writer::{Command, NOTIFY_QUEUE, PublishRequest, Writer, notify};
 
 /// Requests the writer queue holds before `submit` answers [`StoreError::Overloaded`].
 pub const QUEUE_CAPACITY: usize = 65_536;
@@ -271,8 +270,7 @@ impl NewEvent {
         let parent_event = prefixed("parent_event", params.parent_event, "evt_")?;
         let output_topic = match params.output_topic {
             Some(topic) => {
-                validate_topic(&topic)
-                    .map_err(|message| StoreError::Invalid(format!("output_topic: {message}")))?;
+                validate_topic(&topic).map_err(|message| StoreError::Invalid(format!("output_topic: {message}")))?;
                 Some(topic)
             }
             None => None,
@@ -342,8 +340,7 @@ fn serialized_len(payload: &Map<String, Value>) -> usize {
 
 fn prefixed(field: &str, value: Option<String>, prefix: &str) -> Result<Option<String>, StoreError> {
     if let Some(text) = &value {
-        validate_prefixed_id(text, prefix)
-            .map_err(|message| StoreError::Invalid(format!("{field}: {message}")))?;
+        validate_prefixed_id(text, prefix).map_err(|message| StoreError::Invalid(format!("{field}: {message}")))?;
     }
     Ok(value)
 }
@@ -351,7 +348,9 @@ fn prefixed(field: &str, value: Option<String>, prefix: &str) -> Result<Option<S
 fn bounded(field: &str, value: Option<String>) -> Result<Option<String>, StoreError> {
     if let Some(text) = &value {
         if text.is_empty() {
-            return Err(StoreError::Invalid(format!("{field} must not be empty; leave it out instead")));
+            return Err(StoreError::Invalid(format!(
+                "{field} must not be empty; leave it out instead"
+            )));
         }
         if text.len() > MAX_FIELD_BYTES {
             return Err(StoreError::Invalid(format!(
@@ -413,7 +412,10 @@ impl Committed {
     pub fn new(event: Event) -> Result<Committed, StoreError> {
         let json = serde_json::to_string(&event)
             .map_err(|error| StoreError::Internal(format!("cannot serialize event: {error}")))?;
-        Ok(Committed { event, json: Arc::from(json) })
+        Ok(Committed {
+            event,
+            json: Arc::from(json),
+        })
     }
 
     /// The event's seq.
@@ -459,10 +461,9 @@ impl ListQuery {
             validate_topic(topic).map_err(StoreError::Invalid)?;
         }
         let pattern = match &params.pattern {
-            Some(text) => Some(
-                TopicPattern::parse(text)
-                    .map_err(|message| StoreError::Invalid(format!("pattern: {message}")))?,
-            ),
+            Some(text) => {
+                Some(TopicPattern::parse(text).map_err(|message| StoreError::Invalid(format!("pattern: {message}")))?)
+            }
             None => None,
         };
         let trace_id = prefixed("trace_id", params.trace_id, "tr_")?;
@@ -539,7 +540,8 @@ struct StoreInner {
     readers: Arc<ReadPool>,
     hub: Arc<Hub>,
     done: watch::Receiver<bool>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    /// The writer, then the notifier.
+    threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl StoreInner {
@@ -553,10 +555,10 @@ impl StoreInner {
 impl Drop for StoreInner {
     fn drop(&mut self) {
         self.begin_close();
-        let thread = self.thread.lock().unwrap_or_else(PoisonError::into_inner).take();
-        if let Some(thread) = thread {
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(PoisonError::into_inner));
+        for thread in threads {
             if thread.join().is_err() {
-                tracing::error!("the event store writer thread panicked");
+                tracing::error!("an event store thread panicked");
             }
         }
     }
@@ -577,25 +579,28 @@ impl Store {
         for _ in 0..READERS {
             connections.push(schema::open_reader(&config.path)?);
         }
-        let readers = Arc::new(ReadPool {
-            connections: Mutex::new(connections),
-            permits: Arc::new(Semaphore::new(READERS)),
-        });
+        let readers = Arc::new(ReadPool::new(connections));
         let hub = Arc::new(Hub::new(head));
         let shared = Arc::new(Shared::default());
         let (sender, receiver) = mpsc::sync_channel(QUEUE_CAPACITY);
+        let (notify_sender, notify_receiver) = mpsc::sync_channel(NOTIFY_QUEUE);
         let (done_sender, done) = watch::channel(false);
         let writer = Writer::new(
             conn,
             config.clone(),
             clock,
-            Arc::clone(&hub),
             Arc::clone(&shared),
             head,
             receiver,
-            done_sender,
+            notify_sender,
         );
-        let thread = std::thread::Builder::new()
+        let notifier_hub = Arc::clone(&hub);
+        let notifier = std::thread::Builder::new()
+            .name("bus-notify".into())
+            .spawn(move || notify(notify_receiver, notifier_hub, done_sender))
+            .map_err(|error| StoreError::Internal(format!("cannot start the notifier thread: {error}")))?;
+        // Without a writer the notifier's queue closes at once and it ends.
+        let writer = std::thread::Builder::new()
             .name("bus-writer".into())
             .spawn(move || writer.run())
             .map_err(|error| StoreError::Internal(format!("cannot start the writer thread: {error}")))?;
@@ -608,7 +613,7 @@ impl Store {
                 readers,
                 hub,
                 done,
-                thread: Mutex::new(Some(thread)),
+                threads: Mutex::new(vec![writer, notifier]),
             }),
         })
     }
@@ -629,15 +634,14 @@ impl Store {
 
     /// Queues a publish without waiting. Publishes queued by one thread get increasing seqs in
     /// the order of the calls. The receiver answers once the event is committed.
-    pub fn submit(
-        &self,
-        event: NewEvent,
-    ) -> Result<oneshot::Receiver<Result<PublishOutcome, StoreError>>, StoreError> {
+    pub fn submit(&self, event: NewEvent) -> Result<oneshot::Receiver<Result<PublishOutcome, StoreError>>, StoreError> {
         if self.inner.shared.closed.load(Ordering::Acquire) {
             return Err(StoreError::Closed);
         }
+        // Serialized here, on the caller's thread, to keep the writer's share small.
+        let prepared = Prepared::new(&event)?;
         let (reply, answer) = oneshot::channel();
-        let command = Command::Publish(Box::new(PublishRequest { event, reply }));
+        let command = Command::Publish(Box::new(PublishRequest { event, prepared, reply }));
         match self.inner.sender.try_send(command) {
             Ok(()) => Ok(answer),
             Err(TrySendError::Full(_)) => Err(StoreError::Overloaded),
@@ -651,7 +655,8 @@ impl Store {
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Seq of the newest committed event (0 when none).
+    /// Seq of the newest event committed and offered to subscribers (0 when none). Every
+    /// publish that has been answered is at or below it.
     pub fn head(&self) -> u64 {
         self.inner.hub.head()
     }
@@ -708,8 +713,8 @@ impl Store {
         self.inner
             .readers
             .run(|conn| {
-                let mut statement = conn
-                    .prepare_cached("SELECT topic, count, last_seq, last_ts FROM topics ORDER BY topic")?;
+                let mut statement =
+                    conn.prepare_cached("SELECT topic, count, last_seq, last_ts FROM topics ORDER BY topic")?;
                 let rows = statement.query_map([], |row| {
                     Ok(TopicInfo {
                         topic: row.get(0)?,
@@ -725,12 +730,12 @@ impl Store {
 
     /// Up to `limit` committed events from `from_seq` (inclusive), for replay.
     pub async fn range(&self, from_seq: u64, limit: usize) -> Result<Vec<Arc<Committed>>, StoreError> {
-        let (events, _) = self
+        let page = self
             .inner
             .readers
             .run(move |conn| scan(conn, from_seq, None, limit))
             .await?;
-        Ok(events)
+        Ok(page.events)
     }
 
     /// Figures about the store.
@@ -801,176 +806,323 @@ impl Store {
     }
 }
 
-/// Read-only connections, each used by one blocking task at a time.
-pub(crate) struct ReadPool {
-    connections: Mutex<Vec<Connection>>,
-    /// One permit per connection: holding a permit guarantees a free connection.
-    permits: Arc<Semaphore>,
-}
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use serde_json::json;
 
-/// A connection borrowed from the pool, returned on drop (also when the job panics).
-struct Lease<'a> {
-    pool: &'a ReadPool,
-    connection: Option<Connection>,
-}
+    /// A store in a temp dir on a manual clock.
+    pub(crate) struct TestStore {
+        /// Keeps the directory until the test ends.
+        _dir: tempfile::TempDir,
+        pub(crate) store: Store,
+        pub(crate) clock: Arc<ManualClock>,
+    }
 
-impl Drop for Lease<'_> {
-    fn drop(&mut self) {
-        if let Some(connection) = self.connection.take() {
-            self.pool
-                .connections
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(connection);
+    pub(crate) const T0: u64 = 1_700_000_000_000;
+
+    pub(crate) fn config_in(dir: &tempfile::TempDir) -> StoreConfig {
+        StoreConfig {
+            path: dir.path().join("bus.db"),
+            ..StoreConfig::default()
         }
     }
-}
 
-impl ReadPool {
-    /// Runs `job` on a pooled connection on a blocking thread.
-    pub(crate) async fn run<T, F>(self: &Arc<Self>, job: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
-    {
-        let permit = Arc::clone(&self.permits)
-            .acquire_owned()
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        let pool = Arc::clone(self);
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            let connection = pool.connections.lock().unwrap_or_else(PoisonError::into_inner).pop();
-            let mut lease = Lease { pool: &pool, connection };
-            match lease.connection.as_mut() {
-                Some(connection) => job(connection),
-                None => Err(StoreError::Internal("read pool has a permit but no connection".into())),
-            }
-        })
-        .await
-        .map_err(|error| StoreError::Internal(format!("a read task failed: {error}")))?
+    pub(crate) fn open_test(adjust: impl FnOnce(&mut StoreConfig)) -> TestStore {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = config_in(&dir);
+        adjust(&mut config);
+        let clock = Arc::new(ManualClock::new(T0));
+        let store = Store::open_with_clock(config, clock.clone()).unwrap();
+        TestStore {
+            _dir: dir,
+            store,
+            clock,
+        }
     }
-}
 
-fn get_event(conn: &Connection, id: &str) -> Result<Option<Event>, StoreError> {
-    let mut statement = conn.prepare_cached(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = ?1"))?;
-    let mut rows = statement.query([id])?;
-    match rows.next()? {
-        Some(row) => Ok(Some(event_from_row(row)?)),
-        None => Ok(None),
+    impl TestStore {
+        /// Closes the store and opens the same file again on the same clock.
+        pub(crate) async fn reopen(self, adjust: impl FnOnce(&mut StoreConfig)) -> TestStore {
+            let mut config = self.store.config().clone();
+            adjust(&mut config);
+            self.store.close().await;
+            drop(self.store);
+            let store = Store::open_with_clock(config, self.clock.clone()).unwrap();
+            TestStore { store, ..self }
+        }
     }
-}
 
-/// Stored topics matching any pattern, as a JSON array for `json_each`; `None` when the
-/// patterns match every topic.
-fn matching_topics(conn: &Connection, patterns: &[TopicPattern]) -> Result<Option<String>, StoreError> {
-    if patterns.iter().any(TopicPattern::matches_everything) {
-        return Ok(None);
+    /// A user event on `topic` with payload `{"n": n}`.
+    pub(crate) fn event(topic: &str, n: u64) -> NewEvent {
+        let mut payload = Map::new();
+        payload.insert("n".into(), json!(n));
+        NewEvent::new(topic, "user:test", payload)
     }
-    let mut statement = conn.prepare_cached("SELECT topic FROM topics")?;
-    let mut rows = statement.query([])?;
-    let mut topics = BTreeSet::new();
-    while let Some(row) = rows.next()? {
-        let topic: String = row.get(0)?;
-        if patterns.iter().any(|pattern| pattern.matches(&topic)) {
-            topics.insert(topic);
-        }
-    }
-    serde_json::to_string(&topics)
-        .map(Some)
-        .map_err(|error| StoreError::Internal(error.to_string()))
-}
 
-fn list_events(conn: &mut Connection, query: &ListQuery) -> Result<Vec<Event>, StoreError> {
-    use rusqlite::types::Value as Sql;
-    // One read transaction, so the topic list and the events come from the same snapshot.
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
-    let mut sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE seq > ?1");
-    let mut values = vec![Sql::Integer(sql_int(query.after_seq))];
-    if let Some(topic) = &query.topic {
-        if let Some(pattern) = &query.pattern {
-            if !pattern.matches(topic) {
-                return Ok(Vec::new());
-            }
-        }
-        values.push(Sql::Text(topic.clone()));
-        sql.push_str(&format!(" AND topic = ?{}", values.len()));
-    } else if let Some(pattern) = &query.pattern {
-        if let Some(topics) = matching_topics(&tx, std::slice::from_ref(pattern))? {
-            if topics == "[]" {
-                return Ok(Vec::new());
-            }
-            values.push(Sql::Text(topics));
-            // `+topic` keeps SQLite scanning in seq order instead of sorting a topic's rows.
-            sql.push_str(&format!(" AND +topic IN (SELECT value FROM json_each(?{}))", values.len()));
-        }
+    fn params(value: Value) -> PublishParams {
+        serde_json::from_value(value).unwrap()
     }
-    if let Some(status) = query.status {
-        // Literal text, so SQLite can use the partial index on unusual statuses.
-        sql.push_str(&format!(" AND status = '{}'", status.as_str()));
-        if status != EventStatus::Published {
-            sql.push_str(" AND status != 'published'");
-        }
-    }
-    if let Some(trace_id) = &query.trace_id {
-        values.push(Sql::Text(trace_id.clone()));
-        sql.push_str(&format!(" AND trace_id = ?{}", values.len()));
-    }
-    values.push(Sql::Integer(i64::from(query.limit)));
-    sql.push_str(&format!(" ORDER BY seq LIMIT ?{}", values.len()));
-    let mut statement = tx.prepare_cached(&sql)?;
-    let rows = statement.query_map(rusqlite::params_from_iter(values), event_from_row)?;
-    Ok(rows.collect::<Result<Vec<_>, _>>()?)
-}
 
-/// Up to `limit` events from `from_seq` (inclusive) whose topic matches `patterns` (all when
-/// `None`), and the seq to continue from: past the last event returned, or past everything
-/// committed when fewer than `limit` matched.
-pub(crate) fn scan(
-    conn: &mut Connection,
-    from_seq: u64,
-    patterns: Option<&[TopicPattern]>,
-    limit: usize,
-) -> Result<(Vec<Arc<Committed>>, u64), StoreError> {
-    let from_seq = from_seq.max(1);
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
-    let newest: Option<i64> = tx.query_row("SELECT MAX(seq) FROM events", [], |row| row.get(0))?;
-    let past_everything = newest.map_or(from_seq, |newest| from_sql_int(newest) + 1).max(from_seq);
-    let topics = match patterns {
-        Some(patterns) => matching_topics(&tx, patterns)?,
-        None => None,
-    };
-    if topics.as_deref() == Some("[]") {
-        return Ok((Vec::new(), past_everything));
+    fn invalid(value: Value) -> StoreError {
+        NewEvent::from_params(params(value), "user:test", 1024).unwrap_err()
     }
-    let limit_sql = i64::try_from(limit).unwrap_or(i64::MAX);
-    let events: Vec<Event> = match &topics {
-        Some(topics) => {
-            let mut statement = tx.prepare_cached(&format!(
-                "SELECT {EVENT_COLUMNS} FROM events WHERE seq >= ?1 \
-                 AND +topic IN (SELECT value FROM json_each(?2)) ORDER BY seq LIMIT ?3"
-            ))?;
-            let rows = statement.query_map(
-                rusqlite::params![sql_int(from_seq), topics, limit_sql],
-                event_from_row,
-            )?;
-            rows.collect::<Result<_, _>>()?
+
+    #[test]
+    fn validation_names_the_field() {
+        let cases = [
+            (json!({"topic": "Bad"}), "topic"),
+            (json!({"topic": "a", "payload": [1]}), "payload"),
+            (json!({"topic": "a", "id": "x_1"}), "id:"),
+            (json!({"topic": "a", "trace_id": "evt_1"}), "trace_id:"),
+            (json!({"topic": "a", "parent_event": "tr_1"}), "parent_event:"),
+            (json!({"topic": "a", "source": "robot:x"}), "source"),
+            (json!({"topic": "a", "expires_at": "tomorrow"}), "expires_at:"),
+            (json!({"topic": "a", "output_topic": "a..b"}), "output_topic:"),
+            (json!({"topic": "a", "dedupe_key": ""}), "dedupe_key"),
+            (
+                json!({"topic": "a", "semantic_type": "x".repeat(2000)}),
+                "semantic_type",
+            ),
+            (json!({"topic": "a", "correlation_id": ""}), "correlation_id"),
+            (json!({"topic": "a", "memory_scope": ""}), "memory_scope"),
+            (
+                json!({"topic": "a", "context_refs": ["evt_1", "bad"]}),
+                "context_refs[1]",
+            ),
+            (
+                json!({"topic": "a", "context_refs": vec!["evt_1"; MAX_CONTEXT_REFS + 1]}),
+                "context_refs",
+            ),
+        ];
+        for (value, field) in cases {
+            let error = invalid(value.clone());
+            assert!(matches!(error, StoreError::Invalid(_)), "{value}: {error:?}");
+            assert_eq!(error.code().code(), -32602);
+            assert!(
+                error.to_string().contains(field),
+                "{value}: {error} should name {field}"
+            );
         }
-        None => {
-            let mut statement = tx.prepare_cached(&format!(
-                "SELECT {EVENT_COLUMNS} FROM events WHERE seq >= ?1 ORDER BY seq LIMIT ?2"
-            ))?;
-            let rows = statement.query_map(rusqlite::params![sql_int(from_seq), limit_sql], event_from_row)?;
-            rows.collect::<Result<_, _>>()?
+        let too_large = invalid(json!({"topic": "a", "payload": {"x": "y".repeat(2000)}}));
+        assert!(matches!(too_large, StoreError::TooLarge(_)), "{too_large:?}");
+        assert_eq!(too_large.code().code(), -32006);
+        assert!(too_large.to_string().contains("payload"));
+    }
+
+    #[test]
+    fn valid_params_are_kept_and_defaulted() {
+        let event = NewEvent::from_params(
+            params(json!({
+                "topic": "fs.created",
+                "payload": {"path": "/tmp/x"},
+                "priority": "high",
+                "id": "evt_abc",
+                "dedupe_key": "k",
+                "expires_at": "2030-01-31T12:00:00Z",
+                "context_refs": ["evt_1"],
+            })),
+            "producer:fs",
+            1024,
+        )
+        .unwrap();
+        assert_eq!(event.source, "producer:fs");
+        assert_eq!(event.priority, Priority::High);
+        assert_eq!(event.id.as_deref(), Some("evt_abc"));
+        assert_eq!(event.expires_at.as_deref(), Some("2030-01-31T12:00:00.000Z"));
+        assert_eq!(event.payload["path"], "/tmp/x");
+        let bare = NewEvent::from_params(params(json!({"topic": "a"})), "user:me", 1024).unwrap();
+        assert_eq!(bare.priority, Priority::Medium);
+        assert!(bare.payload.is_empty());
+        assert_eq!(bare.source, "user:me");
+    }
+
+    #[test]
+    fn error_codes() {
+        let table = [
+            (StoreError::Invalid(String::new()), -32602),
+            (StoreError::TooLarge(String::new()), -32006),
+            (StoreError::NotFound(String::new()), -32002),
+            (StoreError::Conflict(String::new()), -32003),
+            (StoreError::Overloaded, -32004),
+            (StoreError::Closed, -32005),
+            (StoreError::Internal(String::new()), -32603),
+        ];
+        for (error, code) in table {
+            assert_eq!(error.code().code(), code, "{error:?}");
         }
-    };
-    let next = match events.last() {
-        Some(last) if events.len() >= limit => last.seq + 1,
-        _ => past_everything,
-    };
-    let committed = events
-        .into_iter()
-        .map(|event| Committed::new(event).map(Arc::new))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok((committed, next))
+    }
+
+    #[test]
+    fn list_params_are_checked() {
+        let query = |value: Value| ListQuery::from_params(serde_json::from_value(value).unwrap());
+        assert_eq!(query(json!({})).unwrap().limit, LIST_DEFAULT_LIMIT);
+        for (value, field) in [
+            (json!({"limit": 0}), "limit"),
+            (json!({"limit": LIST_MAX_LIMIT + 1}), "limit"),
+            (json!({"pattern": "a..b"}), "pattern"),
+            (json!({"topic": "A"}), "topic"),
+            (json!({"trace_id": "x"}), "trace_id"),
+        ] {
+            let error = query(value.clone()).unwrap_err();
+            assert!(error.to_string().contains(field), "{value}: {error}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn events_round_trip_exactly() {
+        let test = open_test(|_| {});
+        let mut subscription = test.store.subscribe(vec![TopicPattern::parse("**").unwrap()], None, 16);
+        let mut full = event("fs.created", 7);
+        full.payload
+            .insert("nested".into(), json!({"a": [1, 2.5, "x", null, true]}));
+        full.priority = Priority::Critical;
+        full.id = Some("evt_custom".into());
+        full.semantic_type = Some("file".into());
+        full.dedupe_key = Some("k1".into());
+        full.trace_id = Some("tr_custom".into());
+        full.correlation_id = Some("act_1".into());
+        full.output_topic = Some("reply.here".into());
+        full.context_refs = vec!["evt_a".into(), "evt_b".into()];
+        full.memory_scope = Some("agent:agt_1".into());
+        full.expires_at = Some("2030-01-31T12:00:00.000Z".into());
+        let outcome = test.store.publish(full).await.unwrap();
+        let child = NewEvent {
+            parent_event: Some("evt_custom".into()),
+            ..event("fs.reacted", 8)
+        };
+        test.store.publish(child).await.unwrap();
+        for _ in 0..2 {
+            let delivered = subscription.next().await.unwrap();
+            let stored = test.store.get(&delivered.event.id).await.unwrap().unwrap();
+            assert_eq!(stored, delivered.event);
+            assert_eq!(&*delivered.json, serde_json::to_string(&delivered.event).unwrap());
+        }
+        let stored = test.store.get("evt_custom").await.unwrap().unwrap();
+        assert_eq!(stored.seq, outcome.seq);
+        assert_eq!(stored.ts, format_ts(T0));
+        assert_eq!(stored.trace_id, "tr_custom");
+        assert!(test.store.get("evt_missing").await.unwrap().is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn list_filters() {
+        let test = open_test(|config| config.trace_budget = 2);
+        let store = &test.store;
+        for (n, topic) in ["fs.created", "fs.deleted", "user.query", "fs.created", "cron.tick"]
+            .into_iter()
+            .enumerate()
+        {
+            store.publish(event(topic, n as u64)).await.unwrap();
+        }
+        // A trace with one refused child: seqs 6 (root), 7, 8 (failed), 9 (system.chain_limit).
+        let root = store.publish(event("job.start", 5)).await.unwrap();
+        for n in 6..8 {
+            let child = NewEvent {
+                parent_event: Some(root.id.clone()),
+                ..event("job.step", n)
+            };
+            store.publish(child).await.unwrap();
+        }
+        let seqs = |events: Vec<Event>| events.iter().map(|e| e.seq).collect::<Vec<_>>();
+        let list = |query: ListQuery| async move { seqs(store.list(query).await.unwrap()) };
+        assert_eq!(list(ListQuery::default()).await, (1..=9).collect::<Vec<_>>());
+        let topic = ListQuery {
+            topic: Some("fs.created".into()),
+            ..ListQuery::default()
+        };
+        assert_eq!(list(topic).await, vec![1, 4]);
+        let pattern = ListQuery {
+            pattern: Some(TopicPattern::parse("fs.*").unwrap()),
+            ..ListQuery::default()
+        };
+        assert_eq!(list(pattern).await, vec![1, 2, 4]);
+        let nothing = ListQuery {
+            pattern: Some(TopicPattern::parse("nope.**").unwrap()),
+            ..ListQuery::default()
+        };
+        assert_eq!(list(nothing).await, Vec::<u64>::new());
+        let conflicting = ListQuery {
+            topic: Some("user.query".into()),
+            pattern: Some(TopicPattern::parse("fs.**").unwrap()),
+            ..ListQuery::default()
+        };
+        assert_eq!(list(conflicting).await, Vec::<u64>::new());
+        let failed = ListQuery {
+            status: Some(EventStatus::Failed),
+            ..ListQuery::default()
+        };
+        assert_eq!(list(failed).await, vec![8]);
+        let published = ListQuery {
+            status: Some(EventStatus::Published),
+            ..ListQuery::default()
+        };
+        assert_eq!(list(published).await, vec![1, 2, 3, 4, 5, 6, 7, 9]);
+        let after = ListQuery {
+            after_seq: 2,
+            limit: 3,
+            ..ListQuery::default()
+        };
+        assert_eq!(list(after).await, vec![3, 4, 5]);
+        let paged_pattern = ListQuery {
+            pattern: Some(TopicPattern::parse("fs.**").unwrap()),
+            after_seq: 1,
+            limit: 1,
+            ..ListQuery::default()
+        };
+        assert_eq!(list(paged_pattern).await, vec![2]);
+        let trace = ListQuery {
+            trace_id: Some(root.trace_id.clone()),
+            ..ListQuery::default()
+        };
+        assert_eq!(list(trace).await, vec![6, 7, 8, 9]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn chain_trace_and_topics() {
+        let test = open_test(|config| config.max_depth = 2);
+        let store = &test.store;
+        let mut parent = store.publish(event("task.root", 0)).await.unwrap();
+        let mut ids = vec![parent.id.clone()];
+        for n in 1..=3 {
+            let child = NewEvent {
+                parent_event: Some(parent.id.clone()),
+                ..event("task.step", n)
+            };
+            parent = store.publish(child).await.unwrap();
+            ids.push(parent.id.clone());
+        }
+        // The third step is too deep: failed, with a system.chain_limit child in the trace.
+        assert_eq!(parent.status, EventStatus::Failed);
+        let chain = store.chain(&parent.id).await.unwrap().unwrap();
+        assert_eq!(chain.iter().map(|e| e.id.clone()).collect::<Vec<_>>(), ids);
+        assert_eq!(chain.iter().map(|e| e.depth).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
+        assert!(store.chain("evt_unknown").await.unwrap().is_none());
+
+        let trace = store.trace(&parent.trace_id).await.unwrap();
+        assert_eq!(trace.len(), 5);
+        let notice = &trace[4];
+        assert_eq!(notice.topic, "system.chain_limit");
+        assert_eq!(notice.source, "system");
+        assert_eq!(notice.parent_event.as_deref(), Some(parent.id.as_str()));
+        assert_eq!(notice.payload["reason"], "depth");
+        assert_eq!(notice.payload["limit"], 2);
+        assert_eq!(notice.payload["event_id"], parent.id.as_str());
+        assert_eq!(notice.payload["topic"], "task.step");
+        let notice_chain = store.chain(&notice.id).await.unwrap().unwrap();
+        assert_eq!(notice_chain.len(), 5);
+        assert_eq!(notice_chain[0].id, ids[0]);
+
+        let topics = store.topics().await.unwrap();
+        let summary: Vec<(String, u64, u64)> = topics.iter().map(|t| (t.topic.clone(), t.count, t.last_seq)).collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("system.chain_limit".into(), 1, 5),
+                ("task.root".into(), 1, 1),
+                ("task.step".into(), 3, 4),
+            ]
+        );
+        assert_eq!(topics[0].last_ts, format_ts(T0));
+    }
 }

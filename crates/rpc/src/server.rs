@@ -317,6 +317,8 @@ struct Connection {
     peer: Option<Arc<Peer>>,
     outbound: Option<mpsc::Sender<Bytes>>,
     in_flight: Arc<Semaphore>,
+    /// Subscription tasks started on this connection.
+    subscriptions: TaskTracker,
 }
 
 impl Connection {
@@ -330,6 +332,7 @@ impl Connection {
             peer: None,
             outbound: None,
             in_flight,
+            subscriptions: TaskTracker::new(),
         }
     }
 
@@ -337,7 +340,7 @@ impl Connection {
         let uid = stream.peer_cred().ok().map(|cred| cred.uid());
         let (read, write) = stream.into_split();
         let (outbound, queue) = mpsc::channel::<Bytes>(self.options.outbound_queue);
-        let writer = tokio::spawn(write_loop(write, queue));
+        let mut writer = tokio::spawn(write_loop(write, queue));
         self.outbound = Some(outbound.clone());
 
         if let Auth::PeerUid(allowed) = &self.options.auth {
@@ -364,13 +367,17 @@ impl Connection {
         }
 
         let mut frames = FramedRead::with_capacity(read, LineCodec::new(self.options.max_message), 64 * 1024);
+        let mut half_closed = false;
         loop {
             let frame = tokio::select! {
                 _ = self.closed.cancelled() => break,
                 frame = frames.next() => frame,
             };
             match frame {
-                None => break,
+                None => {
+                    half_closed = true;
+                    break;
+                }
                 Some(Err(FrameError::TooLong(limit))) => {
                     tracing::debug!(limit, "message too large; closing");
                     let error = ErrorObject::new(
@@ -399,11 +406,22 @@ impl Connection {
         // Let requests already read finish and answer, then end subscriptions and the writer.
         let all = self.options.max_in_flight as u32;
         let _ = tokio::time::timeout(self.options.request_timeout, self.in_flight.acquire_many(all)).await;
+        // A client that only closed its sending side (`echo subscribe | socat …`) still reads:
+        // keep its subscriptions flowing until they end, it goes away, or the service stops.
+        self.subscriptions.close();
+        let mut writer_done = false;
+        if half_closed && !self.subscriptions.is_empty() {
+            tokio::select! {
+                _ = self.subscriptions.wait() => {}
+                _ = &mut writer => writer_done = true,
+                _ = self.closed.cancelled() => {}
+            }
+        }
         self.closed.cancel();
         drop(outbound);
         self.peer = None;
         self.outbound = None;
-        if tokio::time::timeout(Duration::from_secs(2), writer).await.is_err() {
+        if !writer_done && tokio::time::timeout(Duration::from_secs(2), writer).await.is_err() {
             tracing::debug!("writer did not finish; dropping the connection");
         }
     }
@@ -425,6 +443,7 @@ impl Connection {
         };
         let outbound = outbound.clone();
         let timeout = self.options.request_timeout;
+        let subscriptions = self.subscriptions.clone();
         tokio::spawn(async move {
             let result = settle(dispatched, timeout).await;
             if let Some(id) = id {
@@ -432,7 +451,7 @@ impl Connection {
                 if outbound.send(line_bytes(line)).await.is_ok()
                     && let Some(task) = task
                 {
-                    tokio::spawn(task);
+                    subscriptions.spawn(task);
                 }
             }
             drop(permit);
@@ -469,6 +488,7 @@ impl Connection {
             }
         }
         let outbound = outbound.clone();
+        let subscriptions = self.subscriptions.clone();
         tokio::spawn(async move {
             let mut lines = Vec::new();
             let mut tasks = Vec::new();
@@ -487,7 +507,7 @@ impl Connection {
                 let body = format!("[{}]", lines.join(","));
                 if outbound.send(line_bytes(body)).await.is_ok() {
                     for task in tasks {
-                        tokio::spawn(task);
+                        subscriptions.spawn(task);
                     }
                 }
             }
