@@ -13,7 +13,7 @@ use aiventbus_proto::methods::{
 };
 use aiventbus_proto::{ErrorCode, ErrorObject, Event, Method, TopicPattern};
 use aiventbus_rpc::error::parse_params;
-use aiventbus_rpc::server::{Pending, Peer, Reply};
+use aiventbus_rpc::server::{Peer, Pending, Reply};
 use aiventbus_rpc::{Methods, RpcError};
 use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
@@ -161,7 +161,9 @@ fn subscribe(state: Arc<State>, peer: Arc<Peer>, params: Option<Box<RawValue>>) 
     let started = (|| {
         let params: SubscribeParams = parse_params(params.as_deref())?;
         if params.patterns.is_empty() {
-            return Err(RpcError::invalid_params("patterns: give at least one topic pattern, e.g. \"**\""));
+            return Err(RpcError::invalid_params(
+                "patterns: give at least one topic pattern, e.g. \"**\"",
+            ));
         }
         if params.patterns.len() > MAX_PATTERNS {
             return Err(RpcError::invalid_params(format!("patterns: at most {MAX_PATTERNS}")));
@@ -181,8 +183,11 @@ fn subscribe(state: Arc<State>, peer: Arc<Peer>, params: Option<Box<RawValue>>) 
         let id = aiventbus_rpc::ids::prefixed("sub");
         let cancel = peer.closed().child_token();
         lock(&state.subscriptions).insert((peer.connection_id, id.clone()), cancel.clone());
-        let result = serde_json::value::to_raw_value(&SubscribeResult { subscription: id.clone() })
-            .map_err(RpcError::internal)?;
+        let result = serde_json::value::to_raw_value(&SubscribeResult {
+            subscription: id.clone(),
+            next_seq: Some(next_seq),
+        })
+        .map_err(RpcError::internal)?;
         let task = Box::pin(async move {
             loop {
                 let item = tokio::select! {
@@ -202,7 +207,9 @@ fn subscribe(state: Arc<State>, peer: Arc<Peer>, params: Option<Box<RawValue>>) 
                     Err(end) => {
                         let error = end_error(&end, next_seq, state.subscriber_buffer);
                         tracing::info!(subscription = %id, reason = %error.message, "subscription ended");
-                        let _ = peer.send_line(encode_close_notification(EVENTS_NOTIFICATION, &id, &error)).await;
+                        let _ = peer
+                            .send_line(encode_close_notification(EVENTS_NOTIFICATION, &id, &error))
+                            .await;
                         break;
                     }
                 }

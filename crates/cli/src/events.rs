@@ -285,6 +285,10 @@ pub async fn tail(context: &Context, args: TailArgs) -> anyhow::Result<()> {
     let mut resume = Resume::new(args.from_seq);
     let client = context.connect().await?;
     let mut stream = subscribe(&client, &patterns, resume.next_from_seq()).await?;
+    // A live follow starts at a known position, so a reconnect before the first event loses nothing.
+    if resume.from_seq.is_none() {
+        resume.from_seq = stream.next_seq();
+    }
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     let mut backoff = Backoff::new();

@@ -127,6 +127,11 @@ impl EventStream {
         self.subscription.id()
     }
 
+    /// The first seq this subscription can deliver (where a follower that saw nothing resumes).
+    pub fn next_seq(&self) -> Option<u64> {
+        self.subscription.next_seq()
+    }
+
     /// The next event or the reason the subscription ended; `None` when the connection dropped.
     pub async fn next(&mut self) -> Option<Result<StreamItem, Error>> {
         match self.subscription.next().await? {

@@ -165,6 +165,7 @@ fn subscribe(state: Arc<State>, peer: Arc<Peer>, params: Option<Box<RawValue>>) 
         lock(&state.subscriptions).insert((peer.connection_id, id.clone()), cancel.clone());
         let result = Reply::json(&SubscribeResult {
             subscription: id.clone(),
+            next_seq: upstream.next_seq(),
         })?;
         let Reply::Value(result) = result else {
             return Err(RpcError::internal("subscription result"));

@@ -226,6 +226,10 @@ pub struct SubscribeParams {
 pub struct SubscribeResult {
     /// The subscription id used in notifications.
     pub subscription: String,
+    /// The first seq this subscription can deliver: `from_seq`, or for a live subscription the
+    /// seq after the newest committed event. A follower that saw nothing resumes from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_seq: Option<u64>,
 }
 
 method!(

@@ -417,6 +417,7 @@ pub enum Notice {
 /// A subscription on its own connection.
 pub struct Subscription {
     id: String,
+    next_seq: Option<u64>,
     frames: FramedRead<OwnedReadHalf, LineCodec>,
     _write: OwnedWriteHalf,
 }
@@ -443,11 +444,14 @@ impl Subscription {
         #[derive(serde::Deserialize)]
         struct Subscribed {
             subscription: String,
+            #[serde(default)]
+            next_seq: Option<u64>,
         }
         let subscribed: Subscribed =
             serde_json::from_str(result.get()).map_err(|e| ClientError::Protocol(format!("subscribe result: {e}")))?;
         Ok(Subscription {
             id: subscribed.subscription,
+            next_seq: subscribed.next_seq,
             frames,
             _write: write,
         })
@@ -456,6 +460,11 @@ impl Subscription {
     /// The subscription id.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The first seq the server said this subscription can deliver, when it said so.
+    pub fn next_seq(&self) -> Option<u64> {
+        self.next_seq
     }
 
     /// The next notification line exactly as the server wrote it; `None` when the connection ends.
