@@ -1,1 +1,11 @@
+//! End-to-end tests: each starts the real binaries (`aiventbus-init` and the services it runs, and
+//! `aibus`) in temporary directories and checks the product contract from outside.
 
+mod auth;
+mod cli;
+mod durability;
+mod events;
+mod protocol;
+mod subscriptions;
+mod supervision;
+mod support;

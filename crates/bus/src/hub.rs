@@ -78,8 +78,15 @@ struct Subscriber {
     /// Events below this seq were replayed already.
     min_seq: u64,
     sender: mpsc::Sender<Arc<Committed>>,
+    /// Events that may wait in `sender` before a new batch cuts the subscriber off.
+    limit: usize,
     end: Arc<EndSlot>,
 }
+
+/// Room beyond the subscriber's buffer for one commit batch: lag is measured at batch
+/// boundaries, so a subscriber that keeps up is never cut off merely because one commit carried
+/// more events than its buffer (each publish may add a chain-limit event, hence twice the batch).
+const BATCH_SLACK: usize = 2 * crate::writer::MAX_BATCH + 16;
 
 #[derive(Default)]
 struct HubState {
@@ -123,6 +130,7 @@ impl Hub {
         state.subscribers.retain(|subscriber| {
             // Consecutive events often share a topic; match each run once.
             let mut last: Option<(&str, bool)> = None;
+            let mut lag_checked = false;
             for committed in events {
                 let event = &committed.event;
                 if event.seq < subscriber.min_seq {
@@ -138,6 +146,20 @@ impl Hub {
                 };
                 if !matched {
                     continue;
+                }
+                if !lag_checked {
+                    lag_checked = true;
+                    let waiting = subscriber.sender.max_capacity() - subscriber.sender.capacity();
+                    if waiting >= subscriber.limit {
+                        tracing::debug!(
+                            subscriber = subscriber.id,
+                            next_seq = event.seq,
+                            waiting,
+                            "slow subscriber cut off"
+                        );
+                        *lock(&subscriber.end) = Some(SubscriptionEnd::Lagged { next_seq: event.seq });
+                        return false;
+                    }
                 }
                 match subscriber.sender.try_send(Arc::clone(committed)) {
                     Ok(()) => {}
@@ -232,7 +254,7 @@ impl Subscription {
         if state.closed {
             return Phase::Ended(SubscriptionEnd::Closed);
         }
-        let (sender, receiver) = mpsc::channel(self.buffer);
+        let (sender, receiver) = mpsc::channel(self.buffer + BATCH_SLACK);
         let end = Arc::new(Mutex::new(None));
         let id = state.next_id;
         state.next_id += 1;
@@ -241,6 +263,7 @@ impl Subscription {
             matcher: Arc::clone(&self.matcher),
             min_seq,
             sender,
+            limit: self.buffer,
             end: Arc::clone(&end),
         });
         self.id = Some(id);
@@ -474,6 +497,21 @@ mod tests {
         test.store.publish(event("a.x", 11)).await.unwrap();
         assert_eq!(next(&mut resumed).await.unwrap().seq(), 11);
         assert_eq!(next(&mut picky_resumed).await.unwrap().seq(), 11);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_large_commit_does_not_cut_off_a_subscriber_that_keeps_up() {
+        let test = open_test(|_| {});
+        let mut small = test.store.subscribe(patterns(&["**"]), None, 4);
+        // Queue many publishes at once so they share one commit batch far larger than the buffer.
+        let receivers: Vec<_> = (0..200u64).map(|n| test.store.submit(event("a", n)).unwrap()).collect();
+        for receiver in receivers {
+            receiver.await.unwrap().unwrap();
+        }
+        assert_eq!(seqs_until(&mut small, 200).await, (1..=200).collect::<Vec<u64>>());
+        // Lag is measured at batch boundaries: with a full buffer the next batch cuts it off.
+        test.store.publish(event("a", 200)).await.unwrap();
+        assert_eq!(next(&mut small).await.unwrap().seq(), 201);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -40,12 +40,23 @@ pub async fn run(ctx: Context) -> anyhow::Result<()> {
         .await
         .context("opening the event store")?
         .with_context(|| format!("opening {}", path.display()))?;
-    let state = Arc::new(api::State::new(store.clone(), bus.subscriber_buffer, ctx.shutdown.clone()));
+    let state = Arc::new(api::State::new(
+        store.clone(),
+        bus.subscriber_buffer,
+        ctx.shutdown.clone(),
+    ));
 
     let socket = ctx.paths.socket("bus");
-    let listener = bind(&socket).await.with_context(|| format!("binding {}", socket.display()))?;
+    let listener = bind(&socket)
+        .await
+        .with_context(|| format!("binding {}", socket.display()))?;
     let options = ServeOptions::new("bus", Auth::Token(verifier), &ctx.config.rpc);
-    let server = tokio::spawn(serve(listener, Arc::new(api::methods(state)), options, ctx.shutdown.clone()));
+    let server = tokio::spawn(serve(
+        listener,
+        Arc::new(api::methods(state)),
+        options,
+        ctx.shutdown.clone(),
+    ));
     aiventbus_rpc::notify::ready();
     tracing::info!(socket = %socket.display(), head = store.head(), "bus ready");
 
