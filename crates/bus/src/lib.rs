@@ -3,19 +3,17 @@
 
 pub mod api;
 pub mod hub;
-pub mod ids;
 mod schema;
 pub mod store;
 mod writer;
 
 use std::sync::Arc;
 
-use aiventbus_rpc::config::SyncMode as ConfigSync;
 use aiventbus_rpc::server::{Auth, ServeOptions, bind, serve};
 use aiventbus_rpc::service::Context;
 use anyhow::Context as _;
 
-use crate::store::{Store, StoreConfig, SyncMode};
+use crate::store::{Store, StoreConfig};
 
 /// Runs the bus until `ctx.shutdown` is cancelled: opens the store, serves `bus.sock`, reports
 /// ready, then drains connections and closes the store (every queued commit finishes).
@@ -24,10 +22,7 @@ pub async fn run(ctx: Context) -> anyhow::Result<()> {
     let bus = &ctx.config.bus;
     let config = StoreConfig {
         path: ctx.paths.state_dir.join("bus.db"),
-        sync: match bus.sync {
-            ConfigSync::Normal => SyncMode::Normal,
-            ConfigSync::Full => SyncMode::Full,
-        },
+        sync: bus.sync,
         dedupe_window_ms: bus.dedupe_window.as_millis() as u64,
         max_depth: bus.max_depth,
         trace_budget: bus.trace_budget,

@@ -39,15 +39,8 @@ pub const MAX_TRACE_EVENTS: u32 = 10_000;
 /// Longest ancestor chain `chain` follows; real chains stop at `max_depth` plus a chain-limit event.
 const MAX_CHAIN: usize = 1024;
 
-/// How hard a commit is pushed to disk (`PRAGMA synchronous`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum SyncMode {
-    /// Survives a crash of any process (WAL with `synchronous = NORMAL`).
-    #[default]
-    Normal,
-    /// Also survives a power cut (`synchronous = FULL`).
-    Full,
-}
+/// How hard a commit is pushed to disk (`PRAGMA synchronous`): the `bus.sync` setting.
+pub use aiventbus_rpc::config::SyncMode;
 
 /// Settings of the event store.
 #[derive(Debug, Clone)]

@@ -22,11 +22,11 @@ use aiventbus_proto::event::is_reserved;
 use aiventbus_proto::{Event, EventStatus};
 
 use crate::hub::Hub;
-use crate::ids::IdGenerator;
 use crate::schema::{INSERT_EVENT, Prepared, from_sql_int, sql_int};
 use crate::store::{
     Clock, Committed, CompactReport, NewEvent, PublishOutcome, Shared, StoreConfig, StoreError, format_ts,
 };
+use aiventbus_rpc::ids::IdGenerator;
 
 /// Most publishes committed in one transaction.
 pub(crate) const MAX_BATCH: usize = 1024;

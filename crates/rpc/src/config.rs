@@ -10,9 +10,10 @@ use std::time::Duration;
 pub const EXIT_CONFIG: i32 = 64;
 
 /// Durability of a bus commit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SyncMode {
     /// Survives process crashes (WAL, `synchronous=NORMAL`).
+    #[default]
     Normal,
     /// Survives power loss (`synchronous=FULL`).
     Full,
