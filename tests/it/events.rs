@@ -10,7 +10,7 @@ use aiventbus_testkit::process_alive;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
-use crate::support::{self, all_events, assert_store_gap_free, event, rpc_code};
+use crate::support::{self, all_events, assert_store_gap_free, event, own_user_name, rpc_code};
 
 /// Whether `ts` is RFC 3339 UTC with milliseconds: `YYYY-MM-DDTHH:MM:SS.mmmZ`.
 fn is_rfc3339_millis_utc(ts: &str) -> bool {
@@ -31,15 +31,6 @@ fn is_rfc3339_millis_utc(ts: &str) -> bool {
         && bytes[19] == b'.'
         && digits(20..23)
         && bytes[23] == b'Z'
-}
-
-fn own_user_name() -> String {
-    let uid = nix::unistd::getuid();
-    nix::unistd::User::from_uid(uid)
-        .ok()
-        .flatten()
-        .map(|user| user.name)
-        .unwrap_or_else(|| uid.as_raw().to_string())
 }
 
 async fn list(client: &Client, params: ListParams) -> Vec<aiventbus_proto::Event> {

@@ -5,6 +5,7 @@ mod auth;
 mod cli;
 mod durability;
 mod events;
+mod knowledge;
 mod protocol;
 mod subscriptions;
 mod supervision;

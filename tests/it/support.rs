@@ -55,6 +55,17 @@ pub fn rpc_code<T: std::fmt::Debug>(result: Result<T, aiventbus_client::Error>) 
     }
 }
 
+/// The login name of the user running the tests: the daemon records clients on `api.sock` as
+/// `user:<this>`.
+pub fn own_user_name() -> String {
+    let uid = nix::unistd::getuid();
+    nix::unistd::User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map(|user| user.name)
+        .unwrap_or_else(|| uid.as_raw().to_string())
+}
+
 /// Every event in the store, in seq order, read page by page.
 pub async fn all_events(client: &Client) -> Vec<aiventbus_proto::Event> {
     let mut events = Vec::new();

@@ -1,13 +1,18 @@
 //! The bus's methods on `bus.sock`: publishing (straight into the commit queue, in arrival order),
-//! queries, subscriptions and its health figures. Maps store errors to JSON-RPC codes in one place.
+//! queries, subscriptions, knowledge and memory, and its health figures. Maps store errors to
+//! JSON-RPC codes in one place.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use aiventbus_proto::event::is_reserved;
+use aiventbus_proto::event::validate_source;
 use aiventbus_proto::jsonrpc::{encode_close_notification, encode_notification};
 use aiventbus_proto::methods::{
-    Chain, EVENTS_NOTIFICATION, EventsResult, Get, Health, HealthResult, IdParams, List, ListParams, NoParams, Publish,
+    Chain, DeleteResult, EVENTS_NOTIFICATION, EventsResult, FactsResult, Get, Health, HealthResult, IdParams, IdResult,
+    KeyParams, KnowledgeDelete, KnowledgeGet, KnowledgeList, KnowledgeListParams, KnowledgeSet, KnowledgeSetParams,
+    List, ListParams, MemoriesResult, MemoryAdd, MemoryAddParams, MemoryDelete, MemoryGet, MemoryList,
+    MemoryListParams, MemorySearch, MemorySearchParams, MemoryUpdate, MemoryUpdateParams, NoParams, Publish,
     PublishParams, PublishResult, SubscribeParams, SubscribeResult, TopicsList, TopicsResult, Trace, TraceParams,
     Unsubscribe, UnsubscribeParams, UnsubscribeResult,
 };
@@ -106,6 +111,8 @@ pub fn methods(state: Arc<State>) -> Methods<State> {
         }
         Ok(UnsubscribeResult { unsubscribed })
     });
+    add_knowledge(&mut table);
+    add_memory(&mut table);
     table.add::<Health, _, _>(|state, _, _: NoParams| async move {
         let stats = state.store.stats().await.map_err(rpc_error)?;
         let details = serde_json::json!({
@@ -128,6 +135,66 @@ pub fn methods(state: Arc<State>) -> Methods<State> {
         })
     });
     table
+}
+
+/// The source recorded for a fact or memory whose caller names none: the caller's subject when
+/// it is a source already (`user:alice`), else `service:<subject>` for a service's token.
+fn default_source(peer: &Peer) -> String {
+    if validate_source(&peer.subject).is_ok() {
+        peer.subject.clone()
+    } else {
+        format!("service:{}", peer.subject)
+    }
+}
+
+fn add_knowledge(table: &mut Methods<State>) {
+    table.add::<KnowledgeSet, _, _>(|state, peer, params: KnowledgeSetParams| async move {
+        state
+            .store
+            .set_fact(params, &default_source(&peer))
+            .await
+            .map_err(rpc_error)
+    });
+    table.add::<KnowledgeGet, _, _>(|state, _, params: KeyParams| async move {
+        state.store.get_fact(&params.key).await.map_err(rpc_error)
+    });
+    table.add::<KnowledgeDelete, _, _>(|state, _, params: KeyParams| async move {
+        let deleted = state.store.delete_fact(&params.key).await.map_err(rpc_error)?;
+        Ok(DeleteResult { deleted })
+    });
+    table.add::<KnowledgeList, _, _>(|state, _, params: KnowledgeListParams| async move {
+        let facts = state.store.list_facts(params).await.map_err(rpc_error)?;
+        Ok(FactsResult { facts })
+    });
+}
+
+fn add_memory(table: &mut Methods<State>) {
+    table.add::<MemoryAdd, _, _>(|state, peer, params: MemoryAddParams| async move {
+        let id = state
+            .store
+            .add_memory(params, &default_source(&peer))
+            .await
+            .map_err(rpc_error)?;
+        Ok(IdResult { id })
+    });
+    table.add::<MemoryGet, _, _>(|state, _, params: IdParams| async move {
+        state.store.get_memory(&params.id).await.map_err(rpc_error)
+    });
+    table.add::<MemoryList, _, _>(|state, _, params: MemoryListParams| async move {
+        let memories = state.store.list_memories(params).await.map_err(rpc_error)?;
+        Ok(MemoriesResult { memories })
+    });
+    table.add::<MemorySearch, _, _>(|state, _, params: MemorySearchParams| async move {
+        let memories = state.store.search_memories(params).await.map_err(rpc_error)?;
+        Ok(MemoriesResult { memories })
+    });
+    table.add::<MemoryUpdate, _, _>(|state, _, params: MemoryUpdateParams| async move {
+        state.store.update_memory(params).await.map_err(rpc_error)
+    });
+    table.add::<MemoryDelete, _, _>(|state, _, params: IdParams| async move {
+        let deleted = state.store.delete_memory(&params.id).await.map_err(rpc_error)?;
+        Ok(DeleteResult { deleted })
+    });
 }
 
 /// Validates and queues the publish synchronously (so pipelined publishes keep their order), then

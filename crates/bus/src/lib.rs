@@ -1,8 +1,10 @@
-//! The durable event bus: the SQLite event store with group commit, the subscription hub, and the
-//! `bus.sock` service that exposes them.
+//! The durable event bus: the SQLite event store with group commit, the subscription hub,
+//! knowledge and memory in the same database, and the `bus.sock` service that exposes them.
 
 pub mod api;
 pub mod hub;
+pub mod knowledge;
+pub mod memory;
 mod schema;
 pub mod store;
 mod writer;

@@ -66,6 +66,56 @@ const MIGRATIONS: &[&str] = &[
         routable_count INTEGER NOT NULL
     ) WITHOUT ROWID;
     "#,
+    // 2: knowledge (durable facts) and memory with its full-text index.
+    r#"
+    -- `rev` orders writes: each insert or update takes the largest plus one, so "most recently
+    -- updated first" holds within a millisecond and across clock steps.
+    CREATE TABLE knowledge (
+        key        TEXT PRIMARY KEY,
+        value      TEXT NOT NULL,            -- JSON
+        source     TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        rev        INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX knowledge_rev ON knowledge(rev);
+
+    CREATE TABLE memories (
+        num        INTEGER PRIMARY KEY,      -- the rowid the full-text index refers to
+        id         TEXT NOT NULL UNIQUE,
+        kind       TEXT NOT NULL,
+        scope      TEXT NOT NULL,
+        content    TEXT NOT NULL,
+        importance REAL NOT NULL,
+        tags       TEXT NOT NULL,            -- JSON array of strings
+        source     TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        updated_ms INTEGER NOT NULL,         -- for the recency weight of search
+        rev        INTEGER NOT NULL          -- write order, as for knowledge
+    );
+    CREATE INDEX memories_rev ON memories(rev);
+    CREATE INDEX memories_scope ON memories(scope, rev);
+
+    -- External-content index over memories.content; the triggers keep it in step in the same
+    -- transaction as every change. Porter stemming so "deploying" finds "deploy".
+    CREATE VIRTUAL TABLE memories_fts USING fts5(
+        content,
+        content = 'memories',
+        content_rowid = 'num',
+        tokenize = 'porter unicode61 remove_diacritics 2'
+    );
+    CREATE TRIGGER memories_fts_insert AFTER INSERT ON memories BEGIN
+        INSERT INTO memories_fts (rowid, content) VALUES (new.num, new.content);
+    END;
+    CREATE TRIGGER memories_fts_delete AFTER DELETE ON memories BEGIN
+        INSERT INTO memories_fts (memories_fts, rowid, content) VALUES ('delete', old.num, old.content);
+    END;
+    CREATE TRIGGER memories_fts_update AFTER UPDATE OF content ON memories BEGIN
+        INSERT INTO memories_fts (memories_fts, rowid, content) VALUES ('delete', old.num, old.content);
+        INSERT INTO memories_fts (rowid, content) VALUES (new.num, new.content);
+    END;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -3,7 +3,8 @@
 //! which commits them in groups; a notifier thread then hands each batch to the hub and answers
 //! the callers. Reads use a small pool of read-only SQLite connections on blocking threads
 //! (`schema.rs`). Retention deletes only a prefix of the log, so the stored seqs are always one
-//! contiguous run ending at the newest event.
+//! contiguous run ending at the newest event. Knowledge and memory (`knowledge.rs`, `memory.rs`)
+//! live in the same file and write through the same thread with `Store::write`.
 
 use std::io;
 use std::path::PathBuf;
@@ -13,6 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use rusqlite::Transaction;
 use serde_json::{Map, Value};
 use tokio::sync::{oneshot, watch};
 
@@ -532,6 +534,7 @@ struct StoreInner {
     shared: Arc<Shared>,
     readers: Arc<ReadPool>,
     hub: Arc<Hub>,
+    clock: Arc<dyn Clock>,
     done: watch::Receiver<bool>,
     /// The writer, then the notifier.
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -581,7 +584,7 @@ impl Store {
         let writer = Writer::new(
             conn,
             config.clone(),
-            clock,
+            Arc::clone(&clock),
             Arc::clone(&shared),
             head,
             receiver,
@@ -605,6 +608,7 @@ impl Store {
                 shared,
                 readers,
                 hub,
+                clock,
                 done,
                 threads: Mutex::new(vec![writer, notifier]),
             }),
@@ -623,6 +627,42 @@ impl Store {
 
     pub(crate) fn readers(&self) -> &Arc<ReadPool> {
         &self.inner.readers
+    }
+
+    /// The store clock's now, in Unix ms.
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.inner.clock.now_ms()
+    }
+
+    /// Runs `job` in its own transaction on the writer thread (after the publishes queued before
+    /// it) and answers once that transaction has committed with the `bus.sync` durability of a
+    /// publish. An error from `job` rolls its transaction back. `job` gets the clock's now.
+    pub(crate) async fn write<T, F>(&self, job: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>, u64) -> Result<T, StoreError> + Send + 'static,
+    {
+        if self.inner.shared.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
+        }
+        let (reply, answer) = oneshot::channel();
+        let command = Command::Write(Box::new(move |conn: &mut rusqlite::Connection, now_ms: u64| {
+            let result = conn.transaction().map_err(StoreError::from).and_then(|tx| {
+                let value = job(&tx, now_ms)?;
+                tx.commit()?;
+                Ok(value)
+            });
+            if let Err(StoreError::Internal(error)) = &result {
+                tracing::error!(%error, "a knowledge or memory write rolled back");
+            }
+            let _ = reply.send(result);
+        }));
+        match self.inner.sender.try_send(command) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => return Err(StoreError::Overloaded),
+            Err(TrySendError::Disconnected(_)) => return Err(StoreError::Closed),
+        }
+        answer.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Queues a publish without waiting. Publishes queued by one thread get increasing seqs in

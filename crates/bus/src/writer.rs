@@ -6,9 +6,14 @@
 //! Each finished batch goes, in commit order, to the notifier thread, which hands the committed
 //! events to the hub and only then answers the callers. Waking callers and fanning out to
 //! subscribers thus overlap with the next transaction instead of delaying it.
+//!
+//! Writes outside the event log (knowledge, memory) arrive as [`Job`]s: each runs in its own
+//! transaction on this thread's connection after the publish batch it was queued with, and
+//! answers its caller itself once committed. One connection writes the file, so nothing contends.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError};
@@ -48,10 +53,16 @@ pub(crate) struct PublishRequest {
     pub(crate) reply: Reply,
 }
 
+/// A write that is not a publish: given the connection and the writer clock's now (Unix ms), it
+/// runs its own transaction and answers its caller. See `Store::write`.
+pub(crate) type Job = Box<dyn FnOnce(&mut Connection, u64) + Send>;
+
 /// What the store handles send the writer.
 pub(crate) enum Command {
     /// Boxed so the preallocated queue stays small.
     Publish(Box<PublishRequest>),
+    /// Knowledge and memory writes, in the order queued.
+    Write(Job),
     /// Run retention to the end and report.
     Compact(oneshot::Sender<Result<CompactReport, StoreError>>),
     /// Wakes the writer so it sees the closed flag.
@@ -174,6 +185,7 @@ impl Writer {
         let mut closing = false;
         let mut publishes: Vec<PublishRequest> = Vec::with_capacity(MAX_BATCH);
         let mut compactions = Vec::new();
+        let mut jobs: Vec<Job> = Vec::new();
         loop {
             if !closing && Instant::now() >= next_compaction {
                 compaction_left = true;
@@ -206,6 +218,7 @@ impl Writer {
                 match command {
                     Command::Publish(request) => publishes.push(*request),
                     Command::Compact(reply) => compactions.push(reply),
+                    Command::Write(job) => jobs.push(job),
                     Command::Close => closing = true,
                 }
                 if publishes.len() < MAX_BATCH {
@@ -219,6 +232,14 @@ impl Writer {
                     break;
                 }
                 publishes.reserve(MAX_BATCH);
+            }
+            for job in jobs.drain(..) {
+                let now_ms = state.clock.now_ms();
+                // A panicking job drops its reply (its caller hears `Closed`) and its transaction
+                // (rolled back on unwind); the event log must not stop over a knowledge write.
+                if std::panic::catch_unwind(AssertUnwindSafe(|| job(&mut *state.conn, now_ms))).is_err() {
+                    tracing::error!("a knowledge or memory write panicked; it was rolled back");
+                }
             }
             for reply in compactions.drain(..) {
                 let _ = reply.send(state.compact_all());
@@ -1116,6 +1137,38 @@ mod tests {
             ..event("job", 12)
         };
         assert_eq!(store.publish(rejoin).await.unwrap().status, EventStatus::Published);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn failed_and_panicking_writes_roll_back_and_the_writer_carries_on() {
+        let test = open_test(|_| {});
+        let insert = "INSERT INTO knowledge (key, value, source, created_at, updated_at, rev) \
+                      VALUES (?1, '1', 'system', 't', 't', 1)";
+        let failed = test
+            .store
+            .write(move |tx, _| -> Result<(), StoreError> {
+                tx.execute(insert, ["failed"])?;
+                Err(StoreError::Invalid("refused after writing".into()))
+            })
+            .await;
+        assert_eq!(failed, Err(StoreError::Invalid("refused after writing".into())));
+        let panicked = test
+            .store
+            .write(move |tx, _| -> Result<(), StoreError> {
+                tx.execute(insert, ["panicked"])?;
+                panic!("a bug in a write");
+            })
+            .await;
+        assert_eq!(panicked, Err(StoreError::Closed));
+        // Neither row was kept, and publishes and writes still work.
+        assert_eq!(test.store.publish(event("after", 0)).await.unwrap().seq, 1);
+        let now = test.store.write(|_, now_ms| Ok(now_ms)).await.unwrap();
+        assert_eq!(now, crate::store::tests::T0);
+        let kept: i64 = rusqlite::Connection::open(&test.store.config().path)
+            .unwrap()
+            .query_row("SELECT COUNT(*) FROM knowledge", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(kept, 0);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,6 +4,8 @@
 
 mod daemon;
 mod events;
+mod knowledge;
+mod memory;
 mod output;
 
 use std::fmt;
@@ -56,6 +58,12 @@ enum Command {
         /// The trace id (`tr_…`).
         trace_id: String,
     },
+    /// Durable key/value facts: set, get, delete, list.
+    #[command(subcommand)]
+    Knowledge(knowledge::KnowledgeCommand),
+    /// Memories with full-text search: add, get, list, search, update, delete.
+    #[command(subcommand)]
+    Memory(memory::MemoryCommand),
     /// Show the client's and the daemon's versions.
     Version,
 }
@@ -150,6 +158,8 @@ fn run(command: Command, context: &Context) -> anyhow::Result<()> {
             Command::Tail(args) => events::tail(context, args).await,
             Command::Events(args) => events::list(context, args).await,
             Command::Trace { trace_id } => events::trace(context, &trace_id).await,
+            Command::Knowledge(command) => knowledge::run(context, command).await,
+            Command::Memory(command) => memory::run(context, command).await,
             Command::Version => daemon::version(context).await,
         }
     })

@@ -74,6 +74,16 @@ pub fn one_line(text: &str) -> String {
         .collect()
 }
 
+/// `text` cut to `max_chars` characters, ending in `…` when something was cut.
+pub fn truncate(text: &str, max_chars: usize) -> String {
+    if text.chars().count() <= max_chars {
+        return text.to_owned();
+    }
+    let mut cut: String = text.chars().take(max_chars.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
 /// Compact JSON of any wire value.
 pub fn compact<T: Serialize + ?Sized>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_else(|error| format!("<unprintable: {error}>"))
@@ -212,6 +222,13 @@ pub(crate) mod tests {
         table.row(vec!["line\nbreak".into()]);
         assert_eq!(table.render(), "A            B\nline\\nbreak\n");
         assert_eq!(Table::new(&["ONLY"]).render(), "ONLY\n");
+    }
+
+    #[test]
+    fn truncation_marks_the_cut() {
+        assert_eq!(truncate("short", 5), "short");
+        assert_eq!(truncate("longer", 5), "long…");
+        assert_eq!(truncate("ééééé", 3), "éé…");
     }
 
     #[test]

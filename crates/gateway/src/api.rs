@@ -1,18 +1,21 @@
-//! The public methods of `api.sock` and where each one goes. Events and topics belong to the bus,
-//! services to init; `system.status` is assembled here from both; `system.version` is answered here.
+//! The public methods of `api.sock` and where each one goes. Events, topics, knowledge and memory
+//! belong to the bus, services to init; `system.status` is assembled here from both;
+//! `system.version` is answered here.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use aiventbus_proto::event::validate_source;
 use aiventbus_proto::methods::{
-    self, NoParams, PublishParams, ServiceInfo, ServicesResult, Status, StatusResult, SubscribeResult,
-    UnsubscribeParams, UnsubscribeResult, Version, VersionResult,
+    self, KnowledgeSetParams, MemoryAddParams, NoParams, PublishParams, ServiceInfo, ServicesResult, Status,
+    StatusResult, SubscribeResult, UnsubscribeParams, UnsubscribeResult, Version, VersionResult,
 };
 use aiventbus_proto::{ErrorCode, Method, PROTOCOL_VERSION};
 use aiventbus_rpc::error::parse_params;
 use aiventbus_rpc::server::{Peer, Pending, Reply};
 use aiventbus_rpc::{Client, ClientError, Methods, RpcError};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 
@@ -46,6 +49,14 @@ pub fn methods(upstreams: Arc<Upstreams>) -> Methods<impl Send + Sync + 'static>
         methods::Chain::NAME,
         methods::Trace::NAME,
         methods::TopicsList::NAME,
+        methods::KnowledgeGet::NAME,
+        methods::KnowledgeDelete::NAME,
+        methods::KnowledgeList::NAME,
+        methods::MemoryGet::NAME,
+        methods::MemoryList::NAME,
+        methods::MemorySearch::NAME,
+        methods::MemoryUpdate::NAME,
+        methods::MemoryDelete::NAME,
     ] {
         table.add_raw(name, move |state: Arc<State>, _peer, params| {
             Box::pin(async move { forward(&state.upstreams.bus, name, params).await })
@@ -55,6 +66,14 @@ pub fn methods(upstreams: Arc<Upstreams>) -> Methods<impl Send + Sync + 'static>
         Box::pin(async move { forward(&state.upstreams.init, methods::Services::NAME, params).await })
     });
     table.add_raw(methods::Publish::NAME, publish);
+    table.add_raw(
+        methods::KnowledgeSet::NAME,
+        forward_with_source::<KnowledgeSetParams>(methods::KnowledgeSet::NAME, |params| &mut params.source),
+    );
+    table.add_raw(
+        methods::MemoryAdd::NAME,
+        forward_with_source::<MemoryAddParams>(methods::MemoryAdd::NAME, |params| &mut params.source),
+    );
     table.add_raw(methods::Subscribe::NAME, subscribe);
     table.add::<methods::Unsubscribe, _, _>(
         |state: Arc<State>, peer: Arc<Peer>, params: UnsubscribeParams| async move {
@@ -103,22 +122,46 @@ fn upstream_error(upstream: &Client, error: ClientError) -> RpcError {
     }
 }
 
-/// Publishes for a local client: the source is the connecting user unless the client names a
-/// `user:` or `producer:` source itself, and an id is chosen here so a publish interrupted by a
-/// bus restart can be retried without creating a second event.
+/// The source a client's event, fact or memory is recorded with: the connecting user
+/// (`user:<name>`) unless the client names a `user:` or `producer:` source itself; the other kinds
+/// belong to the daemon's services.
+fn client_source(peer: &Peer, given: Option<String>) -> Result<String, RpcError> {
+    let Some(source) = given else {
+        return Ok(peer.subject.clone());
+    };
+    validate_source(&source).map_err(|e| RpcError::invalid_params(format!("source: {e}")))?;
+    if !(source.starts_with("user:") || source.starts_with("producer:")) {
+        return Err(RpcError::invalid_params(format!(
+            "source: {source:?} is reserved for the daemon's services; use user:<name> or producer:<name>"
+        )));
+    }
+    Ok(source)
+}
+
+/// A handler forwarding `method` to the bus with its params' `source` (reached through `source`)
+/// filled in per [`client_source`].
+fn forward_with_source<P>(
+    method: &'static str,
+    source: fn(&mut P) -> &mut Option<String>,
+) -> impl Fn(Arc<State>, Arc<Peer>, Option<Box<RawValue>>) -> Pending + Send + Sync + 'static
+where
+    P: DeserializeOwned + Serialize + 'static,
+{
+    move |state, peer, params| {
+        let prepared = parse_params::<P>(params.as_deref()).and_then(|mut params| {
+            let given = source(&mut params).take();
+            *source(&mut params) = Some(client_source(&peer, given)?);
+            serde_json::value::to_raw_value(&params).map_err(RpcError::internal)
+        });
+        Box::pin(async move { forward(&state.upstreams.bus, method, Some(prepared?)).await })
+    }
+}
+
+/// Publishes for a local client: the source follows [`client_source`], and an id is chosen here
+/// so a publish interrupted by a bus restart can be retried without creating a second event.
 fn publish(state: Arc<State>, peer: Arc<Peer>, params: Option<Box<RawValue>>) -> Pending {
     let prepared = parse_params::<PublishParams>(params.as_deref()).and_then(|mut params| {
-        match params.source.as_deref() {
-            None => params.source = Some(peer.subject.clone()),
-            Some(source) => {
-                validate_source(source).map_err(|e| RpcError::invalid_params(format!("source: {e}")))?;
-                if !(source.starts_with("user:") || source.starts_with("producer:")) {
-                    return Err(RpcError::invalid_params(format!(
-                        "source: {source:?} is reserved for the daemon's services; use user:<name> or producer:<name>"
-                    )));
-                }
-            }
-        }
+        params.source = Some(client_source(&peer, params.source.take())?);
         if params.id.is_none() {
             params.id = Some(aiventbus_rpc::ids::prefixed("evt"));
         }

@@ -36,7 +36,10 @@ pub static SERVICES: &[ServiceSpec] = &[
         name: "gateway",
         binary: "aiventbus-gateway",
         calls: &[
-            ("bus", &["events.*", "topics.list", "system.health"]),
+            (
+                "bus",
+                &["events.*", "topics.list", "knowledge.*", "memory.*", "system.health"],
+            ),
             (INIT, &["system.services", "system.health"]),
         ],
     },

@@ -373,3 +373,241 @@ pub struct ShutdownResult {
     /// True once the shutdown has begun.
     pub stopping: bool,
 }
+
+// ---------------------------------------------------------------- knowledge
+
+method!(
+    /// Stores or replaces a durable fact.
+    KnowledgeSet, "knowledge.set", KnowledgeSetParams, Fact
+);
+
+/// `knowledge.set` params.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KnowledgeSetParams {
+    /// Dotted key such as `user.pref.editor`: `[A-Za-z0-9_.:/-]`, at most 255 bytes.
+    pub key: String,
+    /// Any JSON value.
+    pub value: Value,
+    /// Who states it; the caller's identity when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+/// A durable fact.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fact {
+    /// The key.
+    pub key: String,
+    /// The value.
+    pub value: Value,
+    /// Who stated it last.
+    pub source: String,
+    /// RFC 3339 of the first set.
+    pub created_at: String,
+    /// RFC 3339 of the last set.
+    pub updated_at: String,
+}
+
+method!(
+    /// One fact by key (-32002 when absent).
+    KnowledgeGet, "knowledge.get", KeyParams, Fact
+);
+
+/// Params naming one fact.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyParams {
+    /// The key.
+    pub key: String,
+}
+
+method!(
+    /// Removes a fact.
+    KnowledgeDelete, "knowledge.delete", KeyParams, DeleteResult
+);
+
+/// Result of a delete.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeleteResult {
+    /// False when there was nothing to delete.
+    pub deleted: bool,
+}
+
+method!(
+    /// Facts whose key starts with a prefix, newest first.
+    KnowledgeList, "knowledge.list", KnowledgeListParams, FactsResult
+);
+
+/// `knowledge.list` params.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KnowledgeListParams {
+    /// Key prefix; all facts when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// Default 100, at most 5000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+/// A list of facts.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FactsResult {
+    /// Newest first.
+    pub facts: Vec<Fact>,
+}
+
+// ---------------------------------------------------------------- memory
+
+/// What kind of memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemoryKind {
+    /// Facts and concepts.
+    Semantic,
+    /// Things that happened (finished runs are distilled into these).
+    Episodic,
+    /// How to do things.
+    Procedural,
+}
+
+/// A memory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Memory {
+    /// `mem_<ulid>`.
+    pub id: String,
+    /// Its kind.
+    pub kind: MemoryKind,
+    /// `global`, `agent:<id>` or a custom scope.
+    pub scope: String,
+    /// The text.
+    pub content: String,
+    /// 0 to 1.
+    pub importance: f64,
+    /// Free tags.
+    pub tags: Vec<String>,
+    /// Who added it.
+    pub source: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub updated_at: String,
+    /// Search rank (higher is better), present in search results only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<f64>,
+}
+
+method!(
+    /// Adds a memory.
+    MemoryAdd, "memory.add", MemoryAddParams, IdResult
+);
+
+/// `memory.add` params.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryAddParams {
+    /// Its kind.
+    pub kind: MemoryKind,
+    /// Scope.
+    pub scope: String,
+    /// The text.
+    pub content: String,
+    /// 0 to 1, default 0.5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub importance: Option<f64>,
+    /// Free tags.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Vec<String>>,
+    /// Who adds it; the caller's identity when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+/// A created object's id.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IdResult {
+    /// The id.
+    pub id: String,
+}
+
+method!(
+    /// One memory by id.
+    MemoryGet, "memory.get", IdParams, Memory
+);
+
+method!(
+    /// Memories, newest first, filtered.
+    MemoryList, "memory.list", MemoryListParams, MemoriesResult
+);
+
+/// `memory.list` params.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryListParams {
+    /// Only this scope.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// Only this kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<MemoryKind>,
+    /// Only memories with this tag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// Default 100, at most 5000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+/// A list of memories.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MemoriesResult {
+    /// The memories.
+    pub memories: Vec<Memory>,
+}
+
+method!(
+    /// Full-text search ranked by relevance, recency and importance.
+    MemorySearch, "memory.search", MemorySearchParams, MemoriesResult
+);
+
+/// `memory.search` params.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemorySearchParams {
+    /// Words to look for.
+    pub query: String,
+    /// Only this scope.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// Default 10, at most 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+method!(
+    /// Changes a memory's content, importance or tags.
+    MemoryUpdate, "memory.update", MemoryUpdateParams, Memory
+);
+
+/// `memory.update` params.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryUpdateParams {
+    /// Which memory.
+    pub id: String,
+    /// New text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+    /// New importance, 0 to 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub importance: Option<f64>,
+    /// New tags (replacing the old).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Vec<String>>,
+}
+
+method!(
+    /// Removes a memory.
+    MemoryDelete, "memory.delete", IdParams, DeleteResult
+);
