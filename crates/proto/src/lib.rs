@@ -3,6 +3,21 @@
 //! speaks through these types.
 #![deny(missing_docs)]
 
+/// Declares a method marker: `method!(/// doc, Marker, "ns.verb", Params, Result)`.
+macro_rules! method {
+    ($(#[$doc:meta])* $marker:ident, $name:literal, $params:ty, $result:ty) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy)]
+        pub struct $marker;
+        impl Method for $marker {
+            const NAME: &'static str = $name;
+            type Params = $params;
+            type Result = $result;
+        }
+    };
+}
+
+pub mod agents;
 pub mod event;
 pub mod jsonrpc;
 pub mod methods;

@@ -17,18 +17,6 @@ pub trait Method {
     type Result: Serialize + DeserializeOwned + Send + 'static;
 }
 
-macro_rules! method {
-    ($(#[$doc:meta])* $marker:ident, $name:literal, $params:ty, $result:ty) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, Copy)]
-        pub struct $marker;
-        impl Method for $marker {
-            const NAME: &'static str = $name;
-            type Params = $params;
-            type Result = $result;
-        }
-    };
-}
 
 /// Params for methods that take none; accepts `{}`, `[]` or no params at all.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
