@@ -33,13 +33,60 @@ pub static SERVICES: &[ServiceSpec] = &[
         calls: &[],
     },
     ServiceSpec {
+        name: "llm",
+        binary: "aiventbus-llm",
+        calls: &[(
+            "bus",
+            &[
+                "events.*",
+                "assignments.claim",
+                "assignments.heartbeat",
+                "assignments.complete",
+                "assignments.fail",
+                "assignments.list",
+                "knowledge.*",
+                "memory.*",
+                "system.health",
+            ],
+        )],
+    },
+    ServiceSpec {
+        name: "router",
+        binary: "aiventbus-router",
+        calls: &[
+            (
+                "bus",
+                &[
+                    "events.subscribe",
+                    "events.unsubscribe",
+                    "events.publish",
+                    "events.get",
+                    "assignments.create",
+                    "assignments.list",
+                    "system.health",
+                ],
+            ),
+            ("llm", &["agents.get", "agents.list", "system.health"]),
+        ],
+    },
+    ServiceSpec {
         name: "gateway",
         binary: "aiventbus-gateway",
         calls: &[
             (
                 "bus",
-                &["events.*", "topics.list", "knowledge.*", "memory.*", "system.health"],
+                &[
+                    "events.*",
+                    "topics.list",
+                    "knowledge.*",
+                    "memory.*",
+                    "assignments.list",
+                    "assignments.cancel_pending",
+                    "system.health",
+                ],
             ),
+            ("llm", &["agents.*", "llm.status", "system.health"]),
+            ("router", &["rules.*", "system.health"]),
             (INIT, &["system.services", "system.health"]),
         ],
     },

@@ -15,7 +15,14 @@ use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 
 /// Binaries the daemon needs.
-pub const BINARIES: [&str; 4] = ["aiventbus-init", "aiventbus-bus", "aiventbus-gateway", "aibus"];
+pub const BINARIES: [&str; 6] = [
+    "aiventbus-init",
+    "aiventbus-bus",
+    "aiventbus-llm",
+    "aiventbus-router",
+    "aiventbus-gateway",
+    "aibus",
+];
 
 /// The directory holding the workspace's built binaries (`target/debug` for tests).
 pub fn bin_dir() -> PathBuf {
