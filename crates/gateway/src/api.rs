@@ -10,7 +10,7 @@ use aiventbus_proto::methods::{
     self, KnowledgeSetParams, MemoryAddParams, NoParams, PublishParams, ServiceInfo, ServicesResult, Status,
     StatusResult, SubscribeResult, UnsubscribeParams, UnsubscribeResult, Version, VersionResult,
 };
-use aiventbus_proto::{ErrorCode, Method, PROTOCOL_VERSION};
+use aiventbus_proto::{ErrorCode, Method, PROTOCOL_VERSION, agents};
 use aiventbus_rpc::error::parse_params;
 use aiventbus_rpc::server::{Peer, Pending, Reply};
 use aiventbus_rpc::{Client, ClientError, Methods, RpcError};
@@ -28,6 +28,10 @@ pub struct Upstreams {
     pub bus: Client,
     /// init.
     pub init: Client,
+    /// The llm service (agents).
+    pub llm: Client,
+    /// The router (rules).
+    pub router: Client,
 }
 
 struct State {
@@ -57,9 +61,36 @@ pub fn methods(upstreams: Arc<Upstreams>) -> Methods<impl Send + Sync + 'static>
         methods::MemorySearch::NAME,
         methods::MemoryUpdate::NAME,
         methods::MemoryDelete::NAME,
+        agents::AssignmentsList::NAME,
+        agents::AssignmentsCancelPending::NAME,
     ] {
         table.add_raw(name, move |state: Arc<State>, _peer, params| {
             Box::pin(async move { forward(&state.upstreams.bus, name, params).await })
+        });
+    }
+    for name in [
+        agents::AgentsCreate::NAME,
+        agents::AgentsGet::NAME,
+        agents::AgentsList::NAME,
+        agents::AgentsUpdate::NAME,
+        agents::AgentsDelete::NAME,
+        agents::AgentsEnable::NAME,
+        agents::AgentsDisable::NAME,
+        agents::AgentsMemory::NAME,
+    ] {
+        table.add_raw(name, move |state: Arc<State>, _peer, params| {
+            Box::pin(async move { forward(&state.upstreams.llm, name, params).await })
+        });
+    }
+    for name in [
+        agents::RulesCreate::NAME,
+        agents::RulesGet::NAME,
+        agents::RulesList::NAME,
+        agents::RulesUpdate::NAME,
+        agents::RulesDelete::NAME,
+    ] {
+        table.add_raw(name, move |state: Arc<State>, _peer, params| {
+            Box::pin(async move { forward(&state.upstreams.router, name, params).await })
         });
     }
     table.add_raw(methods::Services::NAME, |state: Arc<State>, _peer, params| {
@@ -242,10 +273,16 @@ fn subscribe(state: Arc<State>, peer: Arc<Peer>, params: Option<Box<RawValue>>) 
 
 async fn status(upstreams: &Upstreams) -> StatusResult {
     let no_params = || serde_json::value::to_raw_value(&NoParams {}).ok();
-    let (services, bus) = tokio::join!(
+    let (services, bus, llm) = tokio::join!(
         upstreams.init.call_raw(methods::Services::NAME, no_params()),
         upstreams.bus.call_raw(methods::Health::NAME, no_params()),
+        upstreams.llm.call_raw(agents::LlmStatus::NAME, no_params()),
     );
+    let providers = llm
+        .ok()
+        .and_then(|raw| serde_json::from_str::<methods::LlmStatus>(raw.get()).ok())
+        .map(|status| status.providers)
+        .unwrap_or_default();
     let services = services
         .ok()
         .and_then(|raw| serde_json::from_str::<ServicesResult>(raw.get()).ok())
@@ -267,6 +304,6 @@ async fn status(upstreams: &Upstreams) -> StatusResult {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         services,
         bus,
-        llm: Default::default(),
+        llm: methods::LlmStatus { providers },
     }
 }

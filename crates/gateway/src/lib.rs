@@ -24,6 +24,8 @@ pub async fn run(ctx: Context) -> anyhow::Result<()> {
     let upstreams = Arc::new(Upstreams {
         bus: Client::new(ctx.endpoint("bus")),
         init: Client::new(ctx.endpoint("init")),
+        llm: Client::new(ctx.endpoint("llm")),
+        router: Client::new(ctx.endpoint("router")),
     });
 
     let api_path = ctx.paths.api_socket();
