@@ -20,7 +20,11 @@ fn tokens(c: &mut Criterion) {
     let key = master.audience_key("bus");
     let minter = Minter::new("bus", &key);
     let verifier = Verifier::new("bus", &key);
-    let token = minter.mint("gateway", &["events.*", "topics.list", "system.health"], NOW + 3_600_000);
+    let token = minter.mint(
+        "gateway",
+        &["events.*", "topics.list", "system.health"],
+        NOW + 3_600_000,
+    );
     let narrowed = attenuate(&token, "scope=events.get").expect("attenuate");
     c.bench_function("token/verify", |b| {
         b.iter(|| verifier.verify(black_box(&token), NOW).expect("valid"))
@@ -50,7 +54,9 @@ fn patterns(c: &mut Criterion) {
                 .count()
         })
     });
-    c.bench_function("pattern/parse", |b| b.iter(|| TopicPattern::parse(black_box("a.**.b.*.c"))));
+    c.bench_function("pattern/parse", |b| {
+        b.iter(|| TopicPattern::parse(black_box("a.**.b.*.c")))
+    });
 }
 
 fn framing(c: &mut Criterion) {
@@ -80,7 +86,9 @@ fn framing(c: &mut Criterion) {
             .into(),
     )
     .expect("raw");
-    c.bench_function("frame/encode_result", |b| b.iter(|| encode_result(&id, black_box(&result))));
+    c.bench_function("frame/encode_result", |b| {
+        b.iter(|| encode_result(&id, black_box(&result)))
+    });
 }
 
 /// The same call — parse the request, parse `{id}` params, build a small result, encode the reply —
@@ -104,7 +112,11 @@ fn dispatch(c: &mut Criterion) {
         })
         .expect("register");
     c.bench_function("dispatch/jsonrpsee_rpc_module", |b| {
-        b.iter(|| runtime.block_on(module.raw_json_request(black_box(line), 1)).expect("call"))
+        b.iter(|| {
+            runtime
+                .block_on(module.raw_json_request(black_box(line), 1))
+                .expect("call")
+        })
     });
 }
 

@@ -273,10 +273,12 @@ fn subscribe(state: Arc<State>, peer: Arc<Peer>, params: Option<Box<RawValue>>) 
 
 async fn status(upstreams: &Upstreams) -> StatusResult {
     let no_params = || serde_json::value::to_raw_value(&NoParams {}).ok();
+    // A service that is down must not hold up the report about it.
+    let deadline = std::time::Duration::from_secs(2);
     let (services, bus, llm) = tokio::join!(
-        upstreams.init.call_raw(methods::Services::NAME, no_params()),
-        upstreams.bus.call_raw(methods::Health::NAME, no_params()),
-        upstreams.llm.call_raw(agents::LlmStatus::NAME, no_params()),
+        upstreams.init.call_raw_with_timeout(methods::Services::NAME, no_params(), deadline),
+        upstreams.bus.call_raw_with_timeout(methods::Health::NAME, no_params(), deadline),
+        upstreams.llm.call_raw_with_timeout(agents::LlmStatus::NAME, no_params(), deadline),
     );
     let providers = llm
         .ok()
