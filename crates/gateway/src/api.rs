@@ -116,6 +116,12 @@ pub fn methods(upstreams: Arc<Upstreams>) -> Methods<impl Send + Sync + 'static>
             Ok(UnsubscribeResult { unsubscribed })
         },
     );
+    table.add::<agents::QueryAsk, _, _>(
+        |state: Arc<State>, peer: Arc<Peer>, params: agents::QueryParams| async move {
+            let source = client_source(&peer, None)?;
+            crate::query::ask(&state.upstreams, source, params).await
+        },
+    );
     table.add::<Version, _, _>(|_, _, _: NoParams| async {
         Ok(VersionResult {
             version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -139,7 +145,7 @@ async fn forward(upstream: &Client, method: &str, params: Option<Box<RawValue>>)
         .map_err(|error| upstream_error(upstream, error))
 }
 
-fn upstream_error(upstream: &Client, error: ClientError) -> RpcError {
+pub(crate) fn upstream_error(upstream: &Client, error: ClientError) -> RpcError {
     let service = upstream
         .endpoint()
         .path
@@ -276,9 +282,15 @@ async fn status(upstreams: &Upstreams) -> StatusResult {
     // A service that is down must not hold up the report about it.
     let deadline = std::time::Duration::from_secs(2);
     let (services, bus, llm) = tokio::join!(
-        upstreams.init.call_raw_with_timeout(methods::Services::NAME, no_params(), deadline),
-        upstreams.bus.call_raw_with_timeout(methods::Health::NAME, no_params(), deadline),
-        upstreams.llm.call_raw_with_timeout(agents::LlmStatus::NAME, no_params(), deadline),
+        upstreams
+            .init
+            .call_raw_with_timeout(methods::Services::NAME, no_params(), deadline),
+        upstreams
+            .bus
+            .call_raw_with_timeout(methods::Health::NAME, no_params(), deadline),
+        upstreams
+            .llm
+            .call_raw_with_timeout(agents::LlmStatus::NAME, no_params(), deadline),
     );
     let providers = llm
         .ok()

@@ -4,6 +4,7 @@
 //! `gateway.sock` answers init's health checks.
 
 mod api;
+mod query;
 
 use std::sync::Arc;
 

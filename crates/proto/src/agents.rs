@@ -663,6 +663,10 @@ pub struct QueryParams {
     /// How long to wait (default 120 s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// A trace id chosen by the caller (`tr_…`), so it can follow the answer's `agent.stream`
+    /// events while it waits; a new one when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 /// `query.ask` result.
