@@ -48,8 +48,9 @@ pub struct PublishArgs {
     correlation_id: Option<String>,
 }
 
+/// An event priority on the command line.
 #[derive(Debug, Clone, Copy, ValueEnum)]
-enum PriorityArg {
+pub(crate) enum PriorityArg {
     Low,
     Medium,
     High,

@@ -2,11 +2,16 @@
 //! public socket, and turns the outcome into an exit status (SPEC §13: 0 ok, 1 failure, 2 usage,
 //! 3 daemon not running).
 
+mod agents;
+mod assignments;
 mod daemon;
 mod events;
 mod knowledge;
 mod memory;
 mod output;
+mod query;
+mod rules;
+mod summary;
 
 use std::fmt;
 use std::io;
@@ -64,6 +69,17 @@ enum Command {
     /// Memories with full-text search: add, get, list, search, update, delete.
     #[command(subcommand)]
     Memory(memory::MemoryCommand),
+    /// Agents: create, list, get, update, delete, enable, disable, memory.
+    #[command(subcommand)]
+    Agents(agents::AgentsCommand),
+    /// Routing rules that send events to agents: create, list, get, update, delete.
+    #[command(subcommand)]
+    Rules(rules::RulesCommand),
+    /// Work handed to agents: list, cancel pending.
+    #[command(subcommand)]
+    Assignments(assignments::AssignmentsCommand),
+    /// Ask the agents a question and stream the answer as it is written.
+    Query(query::QueryArgs),
     /// Show the client's and the daemon's versions.
     Version,
 }
@@ -160,6 +176,10 @@ fn run(command: Command, context: &Context) -> anyhow::Result<()> {
             Command::Trace { trace_id } => events::trace(context, &trace_id).await,
             Command::Knowledge(command) => knowledge::run(context, command).await,
             Command::Memory(command) => memory::run(context, command).await,
+            Command::Agents(command) => agents::run(context, command).await,
+            Command::Rules(command) => rules::run(context, command).await,
+            Command::Assignments(command) => assignments::run(context, command).await,
+            Command::Query(args) => query::run(context, args).await,
             Command::Version => daemon::version(context).await,
         }
     })

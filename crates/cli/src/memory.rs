@@ -255,7 +255,7 @@ fn render_memory(memory: &Memory) -> String {
     text
 }
 
-fn memories_table(result: &MemoriesResult) -> String {
+pub(crate) fn memories_table(result: &MemoriesResult) -> String {
     let mut table = Table::new(&["ID", "KIND", "SCOPE", "IMPORTANCE", "TAGS", "UPDATED", "CONTENT"]);
     for memory in &result.memories {
         table.row(vec![
@@ -271,7 +271,7 @@ fn memories_table(result: &MemoriesResult) -> String {
     table.render()
 }
 
-fn search_table(result: &MemoriesResult) -> String {
+pub(crate) fn search_table(result: &MemoriesResult) -> String {
     let mut table = Table::new(&["SCORE", "ID", "KIND", "SCOPE", "CONTENT"]);
     for memory in &result.memories {
         table.row(vec![

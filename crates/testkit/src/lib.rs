@@ -2,6 +2,8 @@
 //! directories, talk to it, break it, and wait for things to happen with a deadline — never a
 //! fixed sleep.
 
+pub mod model;
+
 use std::os::unix::net::UnixDatagram as StdDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
