@@ -1,10 +1,15 @@
 //! The bus's methods on `bus.sock`: publishing (straight into the commit queue, in arrival order),
-//! queries, subscriptions, knowledge and memory, and its health figures. Maps store errors to
-//! JSON-RPC codes in one place.
+//! queries, subscriptions, knowledge, memory, the assignments queue, and its health figures. Maps
+//! store errors to JSON-RPC codes in one place.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use aiventbus_proto::agents::{
+    AssignmentCreateParams, AssignmentListParams, AssignmentsCancelPending, AssignmentsClaim, AssignmentsComplete,
+    AssignmentsCreate, AssignmentsFail, AssignmentsHeartbeat, AssignmentsList, AssignmentsResult, CancelPendingParams,
+    CancelPendingResult, ClaimParams, ClaimResult, FailParams, LeaseParams,
+};
 use aiventbus_proto::event::is_reserved;
 use aiventbus_proto::event::validate_source;
 use aiventbus_proto::jsonrpc::{encode_close_notification, encode_notification};
@@ -113,6 +118,7 @@ pub fn methods(state: Arc<State>) -> Methods<State> {
     });
     add_knowledge(&mut table);
     add_memory(&mut table);
+    add_assignments(&mut table);
     table.add::<Health, _, _>(|state, _, _: NoParams| async move {
         let stats = state.store.stats().await.map_err(rpc_error)?;
         let details = serde_json::json!({
@@ -194,6 +200,44 @@ fn add_memory(table: &mut Methods<State>) {
     table.add::<MemoryDelete, _, _>(|state, _, params: IdParams| async move {
         let deleted = state.store.delete_memory(&params.id).await.map_err(rpc_error)?;
         Ok(DeleteResult { deleted })
+    });
+}
+
+fn add_assignments(table: &mut Methods<State>) {
+    table.add::<AssignmentsCreate, _, _>(|state, _, params: AssignmentCreateParams| async move {
+        state.store.create_assignment(params).await.map_err(rpc_error)
+    });
+    table.add::<AssignmentsClaim, _, _>(|state, peer, params: ClaimParams| async move {
+        // A long poll ends early, empty, when the bus stops or the caller hangs up.
+        let stop = async {
+            tokio::select! {
+                _ = state.shutdown.cancelled() => {}
+                _ = peer.closed().cancelled() => {}
+            }
+        };
+        let claimed = state.store.claim(params, stop).await.map_err(rpc_error)?;
+        Ok(ClaimResult { claimed })
+    });
+    table.add::<AssignmentsHeartbeat, _, _>(|state, _, params: LeaseParams| async move {
+        state.store.heartbeat_assignment(params).await.map_err(rpc_error)
+    });
+    table.add::<AssignmentsComplete, _, _>(|state, _, params: LeaseParams| async move {
+        state.store.complete_assignment(params).await.map_err(rpc_error)
+    });
+    table.add::<AssignmentsFail, _, _>(|state, _, params: FailParams| async move {
+        state.store.fail_assignment(params).await.map_err(rpc_error)
+    });
+    table.add::<AssignmentsList, _, _>(|state, _, params: AssignmentListParams| async move {
+        let assignments = state.store.list_assignments(params).await.map_err(rpc_error)?;
+        Ok(AssignmentsResult { assignments })
+    });
+    table.add::<AssignmentsCancelPending, _, _>(|state, _, params: CancelPendingParams| async move {
+        let cancelled = state
+            .store
+            .cancel_pending_assignments(params)
+            .await
+            .map_err(rpc_error)?;
+        Ok(CancelPendingResult { cancelled })
     });
 }
 

@@ -1,7 +1,9 @@
 //! The durable event bus: the SQLite event store with group commit, the subscription hub,
-//! knowledge and memory in the same database, and the `bus.sock` service that exposes them.
+//! knowledge, memory and the assignments queue in the same database, and the `bus.sock` service
+//! that exposes them.
 
 pub mod api;
+pub mod assignments;
 pub mod hub;
 pub mod knowledge;
 pub mod memory;
@@ -54,12 +56,16 @@ pub async fn run(ctx: Context) -> anyhow::Result<()> {
         options,
         ctx.shutdown.clone(),
     ));
+    // Takes back expired leases every second; the first sweep, at once, picks up work whose
+    // lease ran out while the bus was down.
+    let sweeper = tokio::spawn(assignments::sweep_every(store.clone(), ctx.shutdown.clone()));
     aiventbus_rpc::notify::ready();
     tracing::info!(socket = %socket.display(), head = store.head(), "bus ready");
 
     ctx.shutdown.cancelled().await;
     aiventbus_rpc::notify::stopping();
     let _ = server.await;
+    let _ = sweeper.await;
     store.close().await;
     let _ = std::fs::remove_file(&socket);
     Ok(())

@@ -116,6 +116,44 @@ const MIGRATIONS: &[&str] = &[
         INSERT INTO memories_fts (rowid, content) VALUES (new.num, new.content);
     END;
     "#,
+    // 3: the assignments queue (docs/agents.md). Times are Unix ms; `num` is creation order.
+    r#"
+    CREATE TABLE assignments (
+        num                   INTEGER PRIMARY KEY,
+        id                    TEXT NOT NULL UNIQUE,
+        event_id              TEXT NOT NULL,
+        trace_id              TEXT NOT NULL,
+        agent_id              TEXT NOT NULL,
+        rule_id               TEXT,
+        lane                  TEXT NOT NULL,     -- interactive | critical | ambient
+        status                TEXT NOT NULL,
+        attempts              INTEGER NOT NULL,
+        max_attempts          INTEGER NOT NULL,
+        not_before_ms         INTEGER NOT NULL,  -- claimable from then on while pending
+        lease_ms              INTEGER,           -- lease length of the last claim, for heartbeats
+        lease_expires_ms      INTEGER,           -- while claimed
+        worker                TEXT,
+        model_override        TEXT,
+        token_budget_override INTEGER,
+        error                 TEXT,
+        expires_ms            INTEGER,           -- the event's expires_at: not run after it
+        created_ms            INTEGER NOT NULL,
+        updated_ms            INTEGER NOT NULL,
+        UNIQUE (event_id, agent_id)              -- also lists an event's assignments
+    );
+    -- Every query of the queue names a status by equality; the indexes put it first (after
+    -- agent_id for an agent's work), so the planner has one obvious choice for each.
+    -- Claiming: pending work of one lane, oldest first (not_before is checked on the way).
+    CREATE INDEX assignments_claim ON assignments(status, lane, num);
+    -- Lease expiry: claimed work by lease end.
+    CREATE INDEX assignments_lease ON assignments(status, lease_expires_ms);
+    -- Event expiry: pending work by its event's expires_at.
+    CREATE INDEX assignments_expiry ON assignments(status, expires_ms);
+    -- An agent's work by status (the queue bound counts pending ambient work) and listing.
+    CREATE INDEX assignments_agent ON assignments(agent_id, status, lane, num);
+    -- Retention of finished work.
+    CREATE INDEX assignments_age ON assignments(status, updated_ms);
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -3,8 +3,9 @@
 //! which commits them in groups; a notifier thread then hands each batch to the hub and answers
 //! the callers. Reads use a small pool of read-only SQLite connections on blocking threads
 //! (`schema.rs`). Retention deletes only a prefix of the log, so the stored seqs are always one
-//! contiguous run ending at the newest event. Knowledge and memory (`knowledge.rs`, `memory.rs`)
-//! live in the same file and write through the same thread with `Store::write`.
+//! contiguous run ending at the newest event. Knowledge, memory and the assignments queue
+//! (`knowledge.rs`, `memory.rs`, `assignments.rs`) live in the same file and write through the
+//! same thread with `Store::write`.
 
 use std::io;
 use std::path::PathBuf;
@@ -16,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::Transaction;
 use serde_json::{Map, Value};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{Notify, oneshot, watch};
 
 use aiventbus_proto::event::{validate_prefixed_id, validate_source, validate_topic};
 use aiventbus_proto::methods::{
@@ -26,7 +27,7 @@ use aiventbus_proto::{ErrorCode, Event, EventStatus, Priority, TopicPattern};
 
 use crate::hub::{Hub, Subscription};
 use crate::schema::{self, Prepared, ReadPool, from_sql_int, get_event, list_events, scan};
-use crate::writer::{Command, NOTIFY_QUEUE, PublishRequest, Writer, notify};
+use crate::writer::{Command, Emitter, NOTIFY_QUEUE, PublishRequest, WriteContext, Writer, notify};
 
 /// Requests the writer queue holds before `submit` answers [`StoreError::Overloaded`].
 pub const QUEUE_CAPACITY: usize = 65_536;
@@ -535,6 +536,9 @@ struct StoreInner {
     readers: Arc<ReadPool>,
     hub: Arc<Hub>,
     clock: Arc<dyn Clock>,
+    /// Woken when assignments may have become claimable (created, released, retried, leases
+    /// taken back); long-polling claims wait on it.
+    work: Notify,
     done: watch::Receiver<bool>,
     /// The writer, then the notifier.
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -609,6 +613,7 @@ impl Store {
                 readers,
                 hub,
                 clock,
+                work: Notify::new(),
                 done,
                 threads: Mutex::new(vec![writer, notifier]),
             }),
@@ -634,6 +639,11 @@ impl Store {
         self.inner.clock.now_ms()
     }
 
+    /// Notified when assignments may have become claimable.
+    pub(crate) fn work(&self) -> &Notify {
+        &self.inner.work
+    }
+
     /// Runs `job` in its own transaction on the writer thread (after the publishes queued before
     /// it) and answers once that transaction has committed with the `bus.sync` durability of a
     /// publish. An error from `job` rolls its transaction back. `job` gets the clock's now.
@@ -642,20 +652,28 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&Transaction<'_>, u64) -> Result<T, StoreError> + Send + 'static,
     {
+        self.write_reporting(move |tx, emitter| job(tx, emitter.now_ms())).await
+    }
+
+    /// Like [`Store::write`], and `job` may add `system` reports to its transaction: they commit
+    /// or roll back with it, and reach subscribers before the caller hears back.
+    pub(crate) async fn write_reporting<T, F>(&self, job: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>, &mut Emitter<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
         if self.inner.shared.closed.load(Ordering::Acquire) {
             return Err(StoreError::Closed);
         }
         let (reply, answer) = oneshot::channel();
-        let command = Command::Write(Box::new(move |conn: &mut rusqlite::Connection, now_ms: u64| {
-            let result = conn.transaction().map_err(StoreError::from).and_then(|tx| {
-                let value = job(&tx, now_ms)?;
-                tx.commit()?;
-                Ok(value)
-            });
+        let command = Command::Write(Box::new(move |context: &mut WriteContext<'_>| {
+            let result = context.transact(job);
             if let Err(StoreError::Internal(error)) = &result {
-                tracing::error!(%error, "a knowledge or memory write rolled back");
+                tracing::error!(%error, "a write rolled back");
             }
-            let _ = reply.send(result);
+            context.answer(move || {
+                let _ = reply.send(result);
+            });
         }));
         match self.inner.sender.try_send(command) {
             Ok(()) => {}
@@ -1109,6 +1127,42 @@ pub(crate) mod tests {
             ..ListQuery::default()
         };
         assert_eq!(list(trace).await, vec![6, 7, 8, 9]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reports_about_deep_events_are_not_refused() {
+        let test = open_test(|config| config.max_depth = 1);
+        let store = &test.store;
+        let root = store.publish(event("task.root", 0)).await.unwrap();
+        let step = store
+            .publish(NewEvent {
+                parent_event: Some(root.id.clone()),
+                ..event("task.step", 1)
+            })
+            .await
+            .unwrap();
+        assert_eq!(step.status, EventStatus::Published);
+        // A report one level deeper than the limit is stored as published, with no chain_limit.
+        let report = store
+            .publish(NewEvent {
+                parent_event: Some(step.id.clone()),
+                ..event("agent.completed", 2)
+            })
+            .await
+            .unwrap();
+        assert_eq!(report.status, EventStatus::Published);
+        // An ordinary reaction at that depth is still refused.
+        let reaction = store
+            .publish(NewEvent {
+                parent_event: Some(step.id.clone()),
+                ..event("task.more", 3)
+            })
+            .await
+            .unwrap();
+        assert_eq!(reaction.status, EventStatus::Failed);
+        let trace = store.trace(&root.trace_id).await.unwrap();
+        let limits = trace.iter().filter(|e| e.topic == "system.chain_limit").count();
+        assert_eq!(limits, 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

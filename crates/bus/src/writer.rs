@@ -1,15 +1,18 @@
 //! The writer thread: the only code that writes events. It blocks for one request, drains what
 //! else is queued (up to [`MAX_BATCH`]), applies the whole group in one transaction and commits.
 //! A failed transaction is rolled back and every caller in it gets the error; the thread carries
-//! on. Between batches it runs retention in bounded chunks.
+//! on. Between batches it runs retention in bounded chunks (events, and finished assignments).
 //!
 //! Each finished batch goes, in commit order, to the notifier thread, which hands the committed
 //! events to the hub and only then answers the callers. Waking callers and fanning out to
 //! subscribers thus overlap with the next transaction instead of delaying it.
 //!
-//! Writes outside the event log (knowledge, memory) arrive as [`Job`]s: each runs in its own
-//! transaction on this thread's connection after the publish batch it was queued with, and
-//! answers its caller itself once committed. One connection writes the file, so nothing contends.
+//! Writes outside the event log (knowledge, memory, assignments) arrive as [`Job`]s: each runs in
+//! its own transaction on this thread's connection after the publish batch it was queued with, and
+//! answers its caller once committed. A job may add `system` reports to its transaction through an
+//! [`Emitter`] (an assignment that failed for good reports `system.agent_failure` atomically with
+//! the state change); those are sequenced like any event and reach the hub before the caller
+//! hears back. One connection writes the file, so nothing contends.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -53,15 +56,18 @@ pub(crate) struct PublishRequest {
     pub(crate) reply: Reply,
 }
 
-/// A write that is not a publish: given the connection and the writer clock's now (Unix ms), it
-/// runs its own transaction and answers its caller. See `Store::write`.
-pub(crate) type Job = Box<dyn FnOnce(&mut Connection, u64) + Send>;
+/// A write that is not a publish: it runs its transaction with [`WriteContext::transact`] and
+/// leaves its caller's answer with [`WriteContext::answer`]. See `Store::write`.
+pub(crate) type Job = Box<dyn FnOnce(&mut WriteContext<'_>) + Send>;
+
+/// Sends a job's answer; run once the job's reports (if any) have reached the hub.
+type Answerer = Box<dyn FnOnce() + Send>;
 
 /// What the store handles send the writer.
 pub(crate) enum Command {
     /// Boxed so the preallocated queue stays small.
     Publish(Box<PublishRequest>),
-    /// Knowledge and memory writes, in the order queued.
+    /// Knowledge, memory and assignment writes, in the order queued.
     Write(Job),
     /// Run retention to the end and report.
     Compact(oneshot::Sender<Result<CompactReport, StoreError>>),
@@ -82,6 +88,12 @@ pub(crate) enum Finished {
     },
     /// Rolled back: nothing to deliver.
     RolledBack { replies: Vec<Reply>, error: StoreError },
+    /// A job committed reports: deliver them, move the head, then answer.
+    Reported {
+        head: u64,
+        events: Vec<Arc<Committed>>,
+        answer: Option<Answerer>,
+    },
 }
 
 /// The notifier thread's body: delivers batches in commit order until the writer is gone, then
@@ -104,6 +116,12 @@ pub(crate) fn notify(receiver: Receiver<Finished>, hub: Arc<Hub>, done: watch::S
             Finished::RolledBack { replies, error } => {
                 for reply in replies {
                     let _ = reply.send(Err(error.clone()));
+                }
+            }
+            Finished::Reported { head, events, answer } => {
+                hub.deliver(&events, head);
+                if let Some(answer) = answer {
+                    answer();
                 }
             }
         }
@@ -190,6 +208,9 @@ impl Writer {
             if !closing && Instant::now() >= next_compaction {
                 compaction_left = true;
                 next_compaction = Instant::now() + COMPACT_EVERY;
+                if let Err(error) = state.prune_assignments() {
+                    tracing::error!(%error, "assignment retention failed; retrying at the next interval");
+                }
             }
             if compaction_left && !closing {
                 compaction_left = state.compact_chunk().map(|(more, _)| more).unwrap_or_else(|error| {
@@ -233,13 +254,10 @@ impl Writer {
                 }
                 publishes.reserve(MAX_BATCH);
             }
-            for job in jobs.drain(..) {
-                let now_ms = state.clock.now_ms();
-                // A panicking job drops its reply (its caller hears `Closed`) and its transaction
-                // (rolled back on unwind); the event log must not stop over a knowledge write.
-                if std::panic::catch_unwind(AssertUnwindSafe(|| job(&mut *state.conn, now_ms))).is_err() {
-                    tracing::error!("a knowledge or memory write panicked; it was rolled back");
-                }
+            if jobs.drain(..).try_for_each(|job| state.run_job(job)).is_err() {
+                tracing::error!("the notifier thread is gone; the event store stops");
+                shared.closed.store(true, Ordering::SeqCst);
+                break;
             }
             for reply in compactions.drain(..) {
                 let _ = reply.send(state.compact_all());
@@ -276,6 +294,120 @@ struct Batch {
     /// Routable published events per trace, and whether the count changed.
     traces: HashMap<String, (u64, bool)>,
     committed: Vec<Arc<Committed>>,
+}
+
+impl Batch {
+    /// Writes the batch's topic and trace counters; the last step before commit.
+    fn flush(&self, tx: &Transaction<'_>, ts: &str) -> Result<(), StoreError> {
+        let mut upsert = tx.prepare_cached(
+            "INSERT INTO topics (topic, count, last_seq, last_ts) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (topic) DO UPDATE SET count = count + excluded.count, \
+             last_seq = excluded.last_seq, last_ts = excluded.last_ts",
+        )?;
+        for (topic, (count, last_seq)) in &self.topics {
+            upsert.execute(params![topic, sql_int(*count), sql_int(*last_seq), ts])?;
+        }
+        let mut upsert = tx.prepare_cached(
+            "INSERT INTO traces (trace_id, routable_count) VALUES (?1, ?2) \
+             ON CONFLICT (trace_id) DO UPDATE SET routable_count = excluded.routable_count",
+        )?;
+        for (trace_id, (count, changed)) in &self.traces {
+            if *changed {
+                upsert.execute(params![trace_id, sql_int(*count)])?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a [`Job`] works with: the writer's connection and clock, and where it leaves its reports
+/// and its answer.
+pub(crate) struct WriteContext<'a> {
+    conn: &'a mut Connection,
+    sequencer: &'a mut Sequencer,
+    now_ms: u64,
+    /// Reports of the job's committed transactions, in seq order.
+    reports: Vec<Arc<Committed>>,
+    answer: Option<Answerer>,
+}
+
+impl WriteContext<'_> {
+    /// Runs `work` in one transaction and commits it; an error rolls everything back, reports
+    /// included. `work` gets the writer clock's now through the [`Emitter`].
+    pub(crate) fn transact<T>(
+        &mut self,
+        work: impl FnOnce(&Transaction<'_>, &mut Emitter<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let first_seq = self.sequencer.next_seq;
+        let ts = format_ts(self.now_ms);
+        let mut emitter = Emitter {
+            sequencer: &mut *self.sequencer,
+            batch: Batch::default(),
+            now_ms: self.now_ms,
+            ts,
+        };
+        let result = (|| {
+            let tx = self.conn.transaction()?;
+            let value = work(&tx, &mut emitter)?;
+            emitter.batch.flush(&tx, &emitter.ts)?;
+            tx.commit()?;
+            Ok(value)
+        })();
+        match result {
+            Ok(value) => {
+                self.reports.append(&mut emitter.batch.committed);
+                Ok(value)
+            }
+            Err(error) => {
+                self.sequencer.next_seq = first_seq;
+                Err(error)
+            }
+        }
+    }
+
+    /// Leaves the caller's answer: sent after the job's reports are delivered to subscribers (at
+    /// once when it has none).
+    pub(crate) fn answer(&mut self, answer: impl FnOnce() + Send + 'static) {
+        self.answer = Some(Box::new(answer));
+    }
+}
+
+/// Adds `system` reports to a job's transaction, sequenced like any publish.
+pub(crate) struct Emitter<'a> {
+    sequencer: &'a mut Sequencer,
+    batch: Batch,
+    now_ms: u64,
+    ts: String,
+}
+
+/// The event a report is about: it becomes the report's parent, in its trace.
+pub(crate) struct Subject<'a> {
+    /// The event's id.
+    pub(crate) id: &'a str,
+    /// Its trace.
+    pub(crate) trace_id: &'a str,
+    /// Its depth; the report is one deeper.
+    pub(crate) depth: u32,
+}
+
+impl Emitter<'_> {
+    /// The writer clock's now for this transaction, in Unix ms.
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+
+    /// Adds a `system` event on `topic` about `subject` to the transaction.
+    pub(crate) fn report(
+        &mut self,
+        tx: &Transaction<'_>,
+        topic: &str,
+        payload: Map<String, Value>,
+        subject: &Subject<'_>,
+    ) -> Result<(), StoreError> {
+        let notice = NewEvent::new(topic, "system", payload);
+        self.sequencer
+            .report(tx, &mut self.batch, notice, subject, self.now_ms, &self.ts)
+    }
 }
 
 impl Loop<'_> {
@@ -315,8 +447,57 @@ impl Loop<'_> {
         self.notifier.send(finished).map_err(|_| ())
     }
 
+    /// Runs one job and passes its reports (if any) and its answer on. Fails only when the
+    /// notifier is gone.
+    fn run_job(&mut self, job: Job) -> Result<(), ()> {
+        let first_seq = self.sequencer.next_seq;
+        let mut context = WriteContext {
+            conn: &mut *self.conn,
+            sequencer: &mut *self.sequencer,
+            now_ms: self.clock.now_ms(),
+            reports: Vec::new(),
+            answer: None,
+        };
+        // A panicking job drops its reply (its caller hears `Closed`) and its open transaction
+        // (rolled back on unwind); the event log must not stop over one write.
+        if std::panic::catch_unwind(AssertUnwindSafe(|| job(&mut context))).is_err() {
+            tracing::error!("a write job panicked; its open transaction was rolled back");
+        }
+        let WriteContext { reports, answer, .. } = context;
+        // Only committed reports used seqs: whatever a rolled-back or unwound transaction took is
+        // handed out again, so the log stays gap-free.
+        self.sequencer.next_seq = first_seq + reports.len() as u64;
+        if reports.is_empty() {
+            if let Some(answer) = answer {
+                answer();
+            }
+            return Ok(());
+        }
+        self.shared.written.fetch_add(reports.len() as u64, Ordering::Relaxed);
+        self.notifier
+            .send(Finished::Reported {
+                head: self.sequencer.next_seq - 1,
+                events: reports,
+                answer,
+            })
+            .map_err(|_| ())
+    }
+
+    /// Deletes finished assignments older than the retention period (one bounded chunk).
+    fn prune_assignments(&mut self) -> Result<usize, StoreError> {
+        let cutoff_ms = self.clock.now_ms().saturating_sub(self.sequencer.config.retention_ms);
+        let tx = self.conn.transaction()?;
+        let deleted = crate::assignments::prune(&tx, cutoff_ms)?;
+        tx.commit()?;
+        if deleted > 0 {
+            tracing::info!(deleted, "retention removed finished assignments");
+        }
+        Ok(deleted)
+    }
+
     /// Runs retention until nothing is left to delete.
     fn compact_all(&mut self) -> Result<CompactReport, StoreError> {
+        self.prune_assignments()?;
         let mut report = CompactReport::default();
         loop {
             let (more, chunk) = self.compact_chunk()?;
@@ -414,25 +595,7 @@ fn apply_batch(
     for (event, prepared) in events {
         outcomes.push(sequencer.apply(&tx, &mut batch, event, &prepared, now_ms, ts)?);
     }
-    {
-        let mut upsert = tx.prepare_cached(
-            "INSERT INTO topics (topic, count, last_seq, last_ts) VALUES (?1, ?2, ?3, ?4) \
-             ON CONFLICT (topic) DO UPDATE SET count = count + excluded.count, \
-             last_seq = excluded.last_seq, last_ts = excluded.last_ts",
-        )?;
-        for (topic, (count, last_seq)) in &batch.topics {
-            upsert.execute(params![topic, sql_int(*count), sql_int(*last_seq), ts])?;
-        }
-        let mut upsert = tx.prepare_cached(
-            "INSERT INTO traces (trace_id, routable_count) VALUES (?1, ?2) \
-             ON CONFLICT (trace_id) DO UPDATE SET routable_count = excluded.routable_count",
-        )?;
-        for (trace_id, (count, changed)) in &batch.traces {
-            if *changed {
-                upsert.execute(params![trace_id, sql_int(*count)])?;
-            }
-        }
-    }
+    batch.flush(&tx, ts)?;
     #[cfg(test)]
     if shared.fail_next_batch.swap(false, Ordering::SeqCst) {
         return Err(StoreError::Internal("injected failure before commit".into()));
@@ -544,15 +707,18 @@ impl Sequencer {
             }
         }
 
-        // Chain limits: too deep, or the trace has used its budget of routable events.
+        // Chain limits: too deep, or the trace has used its budget of routable events. Reports in
+        // the reserved namespaces (a run's `agent.*`, a `system.unmatched` about a deep event) are
+        // exempt: they are the daemon's account of what happened, never routed by `**`, so they
+        // cannot loop; a reaction to one is an ordinary event and meets both limits.
         let mut refusal = None;
-        if status == EventStatus::Published {
+        if status == EventStatus::Published && !is_reserved(&event.topic) {
             if depth > self.config.max_depth {
                 refusal = Some(Refusal {
                     reason: "depth",
                     limit: self.config.max_depth,
                 });
-            } else if !is_reserved(&event.topic) {
+            } else {
                 let count = match batch.traces.entry(trace_id.clone()) {
                     Entry::Occupied(entry) => entry.into_mut(),
                     Entry::Vacant(entry) => {
@@ -627,40 +793,56 @@ impl Sequencer {
             payload.insert("limit".into(), json!(refusal.limit));
             payload.insert("event_id".into(), Value::from(stored.id.clone()));
             payload.insert("topic".into(), Value::from(stored.topic.clone()));
-            let notice = NewEvent::new("system.chain_limit", "system", payload);
-            let notice_prepared = Prepared::new(&notice)?;
-            let notice = Event {
-                id: self.new_event_id(now_ms)?,
-                seq: 0,
-                ts: ts.to_owned(),
-                topic: notice.topic,
-                payload: notice.payload,
-                source: notice.source,
-                priority: notice.priority,
-                semantic_type: None,
-                dedupe_key: None,
-                dedupe_count: 1,
-                duplicate_of: None,
-                trace_id: stored.trace_id.clone(),
-                parent_event: Some(stored.id.clone()),
-                correlation_id: None,
-                output_topic: None,
-                context_refs: Vec::new(),
-                memory_scope: None,
-                expires_at: None,
-                depth: stored.depth.saturating_add(1),
-                status: EventStatus::Published,
-            };
+            let (id, trace_id, depth) = (stored.id.clone(), stored.trace_id.clone(), stored.depth);
             insert(tx, batch, stored, prepared, now_ms)?;
-            let notice = Event {
-                seq: self.take_seq(),
-                ..notice
+            let subject = Subject {
+                id: &id,
+                trace_id: &trace_id,
+                depth,
             };
-            insert(tx, batch, notice, &notice_prepared, now_ms)?;
+            let notice = NewEvent::new("system.chain_limit", "system", payload);
+            self.report(tx, batch, notice, &subject, now_ms, ts)?;
         } else {
             insert(tx, batch, stored, prepared, now_ms)?;
         }
         Ok(Ok(outcome))
+    }
+
+    /// Writes a `system` event about `subject` (its child, in its trace) into the transaction:
+    /// the one path for the bus's own reports (`system.chain_limit`, `system.agent_failure`).
+    fn report(
+        &mut self,
+        tx: &Transaction<'_>,
+        batch: &mut Batch,
+        notice: NewEvent,
+        subject: &Subject<'_>,
+        now_ms: u64,
+        ts: &str,
+    ) -> Result<(), StoreError> {
+        let prepared = Prepared::new(&notice)?;
+        let event = Event {
+            id: self.new_event_id(now_ms)?,
+            seq: self.take_seq(),
+            ts: ts.to_owned(),
+            topic: notice.topic,
+            payload: notice.payload,
+            source: notice.source,
+            priority: notice.priority,
+            semantic_type: None,
+            dedupe_key: None,
+            dedupe_count: 1,
+            duplicate_of: None,
+            trace_id: subject.trace_id.to_owned(),
+            parent_event: Some(subject.id.to_owned()),
+            correlation_id: None,
+            output_topic: None,
+            context_refs: Vec::new(),
+            memory_scope: None,
+            expires_at: None,
+            depth: subject.depth.saturating_add(1),
+            status: EventStatus::Published,
+        };
+        insert(tx, batch, event, &prepared, now_ms)
     }
 
     fn take_seq(&mut self) -> u64 {
@@ -1192,5 +1374,53 @@ mod tests {
         );
         // Reads still work.
         assert_eq!(test.store.list(ListQuery::default()).await.unwrap().len(), 100);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reports_commit_with_their_job_and_leave_no_gap_otherwise() {
+        let test = open_test(|_| {});
+        let store = &test.store;
+        let mut subscription = store.subscribe(vec![TopicPattern::parse("**").unwrap()], None, 16);
+        let root = store.publish(event("work.item", 0)).await.unwrap();
+        let report = |outcome: fn() -> Result<(), StoreError>| {
+            let (parent, trace) = (root.id.clone(), root.trace_id.clone());
+            store.write_reporting(move |tx, emitter| {
+                let subject = Subject {
+                    id: &parent,
+                    trace_id: &trace,
+                    depth: 0,
+                };
+                emitter.report(tx, "system.agent_failure", Map::new(), &subject)?;
+                outcome()
+            })
+        };
+        // Rolled back, or unwound by a panic: the seqs the report took are handed out again.
+        let refused = report(|| Err(StoreError::Invalid("changed my mind".into()))).await;
+        assert_eq!(refused, Err(StoreError::Invalid("changed my mind".into())));
+        assert_eq!(report(|| panic!("a bug in a job")).await, Err(StoreError::Closed));
+        assert_eq!(store.publish(event("work.item", 1)).await.unwrap().seq, 2);
+        // Committed: in the trace as the event's child, delivered, and the head moved first.
+        report(|| Ok(())).await.unwrap();
+        assert_eq!(store.head(), 3);
+        let trace = store.trace(&root.trace_id).await.unwrap();
+        let notice = trace.last().unwrap();
+        assert_eq!(
+            (notice.seq, notice.topic.as_str(), notice.source.as_str()),
+            (3, "system.agent_failure", "system")
+        );
+        assert_eq!(
+            (notice.parent_event.as_deref(), notice.depth),
+            (Some(root.id.as_str()), 1)
+        );
+        let delivered: Vec<u64> = [
+            subscription.next().await.unwrap(),
+            subscription.next().await.unwrap(),
+            subscription.next().await.unwrap(),
+        ]
+        .iter()
+        .map(|committed| committed.seq())
+        .collect();
+        assert_eq!(delivered, vec![1, 2, 3]);
+        assert_eq!(store.stats().await.unwrap().written, 3);
     }
 }

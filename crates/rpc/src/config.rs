@@ -124,6 +124,95 @@ impl Default for InitConfig {
     }
 }
 
+/// `[llm.context_tokens]`: the token budget of each block of an agent's prompt (estimated as
+/// characters / 4). Each block has its own budget, so a large one never starves another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContextTokens {
+    /// The triggering event (topic, source, priority, payload).
+    pub event: u32,
+    /// Related events named by `context_refs`.
+    pub context_refs: u32,
+    /// Knowledge facts, newest first.
+    pub knowledge: u32,
+    /// Recalled memories.
+    pub memories: u32,
+    /// Summaries of the agent's recent runs in its memory scope.
+    pub recent_runs: u32,
+}
+
+impl Default for ContextTokens {
+    fn default() -> Self {
+        ContextTokens {
+            event: 2000,
+            context_refs: 1000,
+            knowledge: 500,
+            memories: 500,
+            recent_runs: 300,
+        }
+    }
+}
+
+/// `[llm]`: how the llm service runs agents.
+#[derive(Debug, Clone)]
+pub struct LlmConfig {
+    /// Runs at once in the general pool (all lanes).
+    pub max_concurrent: u32,
+    /// Runs at once reserved for interactive and critical work (0: none reserved).
+    pub interactive_slots: u32,
+    /// Model rounds per run (results of executed actions are fed back between rounds).
+    pub max_iterations: u32,
+    /// Lease asked for when claiming an assignment.
+    pub lease: Duration,
+    /// How often a running assignment's lease is extended (shorter than `lease`).
+    pub heartbeat: Duration,
+    /// Longest a run may take, all rounds together.
+    pub run_deadline: Duration,
+    /// Longest one model request (or one command-agent program) may take.
+    pub request_timeout: Duration,
+    /// Streamed tokens are published as `agent.stream` at most this often (or per 64 characters).
+    pub stream_coalesce: Duration,
+    /// Per-block prompt budgets.
+    pub context_tokens: ContextTokens,
+}
+
+impl Default for LlmConfig {
+    fn default() -> Self {
+        LlmConfig {
+            max_concurrent: 4,
+            interactive_slots: 1,
+            max_iterations: 5,
+            lease: Duration::from_secs(30),
+            heartbeat: Duration::from_secs(10),
+            run_deadline: Duration::from_secs(600),
+            request_timeout: Duration::from_secs(120),
+            stream_coalesce: Duration::from_millis(50),
+            context_tokens: ContextTokens::default(),
+        }
+    }
+}
+
+/// `[router]`: how events become assignments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouterConfig {
+    /// Most agents one event is assigned to (one assignment per agent).
+    pub max_fan_out: u32,
+    /// Pending ambient assignments per agent; past it new ambient work is dropped and reported.
+    pub max_queue: u32,
+    /// The agent (`agt_…`) that gets events no rule matches, instead of `system.unmatched`; off
+    /// when absent.
+    pub classifier_agent: Option<String>,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        RouterConfig {
+            max_fan_out: 3,
+            max_queue: 1000,
+            classifier_agent: None,
+        }
+    }
+}
+
 /// `[providers.<name>]`: a model server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProviderConfig {
@@ -146,6 +235,10 @@ pub struct Config {
     pub gateway: GatewayConfig,
     /// `[init]`.
     pub init: InitConfig,
+    /// `[llm]`.
+    pub llm: LlmConfig,
+    /// `[router]`.
+    pub router: RouterConfig,
     /// `[providers.*]`.
     pub providers: BTreeMap<String, ProviderConfig>,
 }
@@ -217,6 +310,8 @@ impl Config {
                 "rpc" => v.rpc(entries, &mut config.rpc),
                 "gateway" => v.gateway(entries, &mut config.gateway),
                 "init" => v.init(entries, &mut config.init),
+                "llm" => v.llm(entries, &mut config.llm),
+                "router" => v.router(entries, &mut config.router),
                 "providers" => v.providers(entries, &mut config.providers),
                 _ => problems.push(format!("{section}: unknown section")),
             }
@@ -321,6 +416,67 @@ impl Visitor<'_> {
         }
     }
 
+    fn llm(&mut self, entries: &toml::Table, llm: &mut LlmConfig) {
+        for (key, value) in entries {
+            match key.as_str() {
+                "max_concurrent" => self.set(key, value, &mut llm.max_concurrent, |v| small(v, 256)),
+                "interactive_slots" => self.set(key, value, &mut llm.interactive_slots, |v| match v.as_integer() {
+                    Some(n) if (0..=64).contains(&n) => Ok(n as u32),
+                    _ => Err(format!("expected an integer from 0 to 64, got {v}")),
+                }),
+                "max_iterations" => self.set(key, value, &mut llm.max_iterations, |v| small(v, 50)),
+                "lease" => self.set(key, value, &mut llm.lease, nonzero_duration),
+                "heartbeat" => self.set(key, value, &mut llm.heartbeat, nonzero_duration),
+                "run_deadline" => self.set(key, value, &mut llm.run_deadline, nonzero_duration),
+                "request_timeout" => self.set(key, value, &mut llm.request_timeout, nonzero_duration),
+                "stream_coalesce" => self.set(key, value, &mut llm.stream_coalesce, nonzero_duration),
+                "context_tokens" => match value.as_table() {
+                    Some(table) => self.context_tokens(table, &mut llm.context_tokens),
+                    None => self.bad(key, "expected a [llm.context_tokens] table"),
+                },
+                _ => self.bad(key, "unknown key"),
+            }
+        }
+        if (entries.contains_key("lease") || entries.contains_key("heartbeat")) && llm.heartbeat >= llm.lease {
+            self.bad("heartbeat", format!("must be shorter than lease ({:?})", llm.lease));
+        }
+    }
+
+    fn context_tokens(&mut self, entries: &toml::Table, budgets: &mut ContextTokens) {
+        for (key, value) in entries {
+            let full = format!("context_tokens.{key}");
+            let slot = match key.as_str() {
+                "event" => &mut budgets.event,
+                "context_refs" => &mut budgets.context_refs,
+                "knowledge" => &mut budgets.knowledge,
+                "memories" => &mut budgets.memories,
+                "recent_runs" => &mut budgets.recent_runs,
+                _ => {
+                    self.bad(&full, "unknown key");
+                    continue;
+                }
+            };
+            self.set(&full, value, slot, |v| small(v, 1_000_000));
+        }
+    }
+
+    fn router(&mut self, entries: &toml::Table, router: &mut RouterConfig) {
+        for (key, value) in entries {
+            match key.as_str() {
+                "max_fan_out" => self.set(key, value, &mut router.max_fan_out, |v| small(v, 64)),
+                "max_queue" => self.set(key, value, &mut router.max_queue, |v| small(v, 10_000_000)),
+                "classifier_agent" => self.set(key, value, &mut router.classifier_agent, |v| {
+                    let id = v
+                        .as_str()
+                        .ok_or_else(|| format!("expected an agent id such as \"agt_01J…\", got {v}"))?;
+                    aiventbus_proto::event::validate_prefixed_id(id, "agt_")?;
+                    Ok(Some(id.to_owned()))
+                }),
+                _ => self.bad(key, "unknown key"),
+            }
+        }
+    }
+
     fn providers(&mut self, entries: &toml::Table, providers: &mut BTreeMap<String, ProviderConfig>) {
         for (name, value) in entries {
             let Some(table) = value.as_table() else {
@@ -352,6 +508,13 @@ impl Visitor<'_> {
             }
             providers.insert(name.clone(), provider);
         }
+    }
+}
+
+fn nonzero_duration(value: &toml::Value) -> Result<Duration, String> {
+    match duration(value)? {
+        Duration::ZERO => Err("must be greater than zero".into()),
+        positive => Ok(positive),
     }
 }
 
@@ -479,6 +642,111 @@ listen = "everywhere"
     }
 
     #[test]
+    fn llm_section_is_read_and_validated() {
+        let text = r#"
+[llm]
+max_concurrent = 8
+interactive_slots = 0
+max_iterations = 3
+lease = "20s"
+heartbeat = "5s"
+run_deadline = "2m"
+request_timeout = "30s"
+stream_coalesce = "100ms"
+[llm.context_tokens]
+knowledge = 50
+"#;
+        let llm = Config::parse(text, Path::new("c.toml")).unwrap().llm;
+        assert_eq!(
+            (llm.max_concurrent, llm.interactive_slots, llm.max_iterations),
+            (8, 0, 3)
+        );
+        assert_eq!(
+            (llm.lease, llm.heartbeat),
+            (Duration::from_secs(20), Duration::from_secs(5))
+        );
+        assert_eq!(llm.run_deadline, Duration::from_secs(120));
+        assert_eq!(llm.request_timeout, Duration::from_secs(30));
+        assert_eq!(llm.stream_coalesce, Duration::from_millis(100));
+        assert_eq!(llm.context_tokens.knowledge, 50);
+        assert_eq!(llm.context_tokens.event, ContextTokens::default().event);
+
+        let bad = r#"
+[llm]
+max_concurrent = 0
+interactive_slots = -1
+max_iterations = 100
+lease = "5s"
+heartbeat = "10s"
+run_deadline = "0s"
+request_timeout = 3
+stream_coalesce = "soon"
+colour = "red"
+[llm.context_tokens]
+event = 0
+everything = 5
+"#;
+        let errors = Config::parse(bad, Path::new("c.toml")).unwrap_err();
+        let message = errors.to_string();
+        for key in [
+            "llm.max_concurrent",
+            "llm.interactive_slots",
+            "llm.max_iterations",
+            "llm.heartbeat",
+            "llm.run_deadline",
+            "llm.request_timeout",
+            "llm.stream_coalesce",
+            "llm.colour",
+            "llm.context_tokens.event",
+            "llm.context_tokens.everything",
+        ] {
+            assert!(message.contains(key), "{key} missing from {message}");
+        }
+        assert_eq!(errors.problems.len(), 10, "{message}");
+    }
+
+    #[test]
+    fn router_section_is_read_and_validated() {
+        let text = r#"
+[router]
+max_fan_out = 1
+max_queue = 50
+classifier_agent = "agt_01JCLASSIFIER"
+"#;
+        let router = Config::parse(text, Path::new("c.toml")).unwrap().router;
+        assert_eq!((router.max_fan_out, router.max_queue), (1, 50));
+        assert_eq!(router.classifier_agent.as_deref(), Some("agt_01JCLASSIFIER"));
+        let defaults = Config::parse("", Path::new("c.toml")).unwrap().router;
+        assert_eq!(defaults, RouterConfig::default());
+        assert_eq!(
+            (defaults.max_fan_out, defaults.max_queue, defaults.classifier_agent),
+            (3, 1000, None)
+        );
+
+        let bad = r#"
+[router]
+max_fan_out = 0
+max_queue = -3
+classifier_agent = "rule_1"
+colour = "red"
+"#;
+        let errors = Config::parse(bad, Path::new("c.toml")).unwrap_err();
+        let message = errors.to_string();
+        for key in [
+            "router.max_fan_out",
+            "router.max_queue",
+            "router.classifier_agent",
+            "router.colour",
+        ] {
+            assert!(message.contains(key), "{key} missing from {message}");
+        }
+        assert_eq!(errors.problems.len(), 4, "{message}");
+        let errors =
+            Config::parse("[router]\nmax_fan_out = 65\nclassifier_agent = 7", Path::new("c.toml")).unwrap_err();
+        assert_eq!(errors.problems.len(), 2, "{errors}");
+    }
+
+    #[test]
     fn sizes_and_durations() {
         assert_eq!(parse_size("256KiB").unwrap(), 262_144);
         assert_eq!(parse_size("10MB").unwrap(), 10_000_000);
@@ -510,5 +778,15 @@ mod example_tests {
         assert_eq!(config.init.grace, defaults.init.grace);
         assert_eq!(config.init.log_max, defaults.init.log_max);
         assert_eq!(config.gateway.listen, defaults.gateway.listen);
+        assert_eq!(config.llm.max_concurrent, defaults.llm.max_concurrent);
+        assert_eq!(config.llm.interactive_slots, defaults.llm.interactive_slots);
+        assert_eq!(config.llm.max_iterations, defaults.llm.max_iterations);
+        assert_eq!(config.llm.lease, defaults.llm.lease);
+        assert_eq!(config.llm.heartbeat, defaults.llm.heartbeat);
+        assert_eq!(config.llm.run_deadline, defaults.llm.run_deadline);
+        assert_eq!(config.llm.request_timeout, defaults.llm.request_timeout);
+        assert_eq!(config.llm.stream_coalesce, defaults.llm.stream_coalesce);
+        assert_eq!(config.llm.context_tokens, defaults.llm.context_tokens);
+        assert_eq!(config.router, defaults.router);
     }
 }
