@@ -1,12 +1,15 @@
 //! End-to-end tests: each starts the real binaries (`aiventbus-init` and the services it runs, and
 //! `aibus`) in temporary directories and checks the product contract from outside.
 
+mod agents;
+mod assignments;
 mod auth;
 mod cli;
 mod durability;
 mod events;
 mod knowledge;
 mod protocol;
+mod routing;
 mod subscriptions;
 mod supervision;
 mod support;
