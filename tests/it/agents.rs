@@ -582,3 +582,43 @@ async fn agent_queued_work_runs_one_slot_at_a_time() {
     assert_eq!(server.chat_requests().len(), 3);
     support::shut_down(daemon).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_an_agent_cancels_its_pending_work() {
+    let mut server = ModelServer::start().await.unwrap();
+    // The model server is down: the work is released back to pending and waits there.
+    server.stop().await;
+    let (daemon, client) = start(&server).await;
+    let agent_id = agent_with_rule(&client, llm_spec("gone-soon", "ollama")).await;
+    let published = ask(&client, "anyone?").await;
+    let list = AssignmentListParams {
+        event_id: Some(published.id.clone()),
+        ..AssignmentListParams::default()
+    };
+    or_log(
+        &daemon,
+        eventually(RUN_DEADLINE, "the assignment to exist", || async {
+            let assignments = client.call::<AssignmentsList>(&list).await.ok()?.assignments;
+            assignments.into_iter().next()
+        })
+        .await,
+    );
+
+    let deleted = client
+        .call::<aiventbus_proto::agents::AgentsDelete>(&aiventbus_proto::methods::IdParams { id: agent_id })
+        .await
+        .expect("agents.delete");
+    assert!(deleted.deleted);
+    let cancelled = or_log(
+        &daemon,
+        eventually(RUN_DEADLINE, "the pending work to be cancelled", || async {
+            let assignments = client.call::<AssignmentsList>(&list).await.ok()?.assignments;
+            assignments
+                .into_iter()
+                .find(|a| a.status == AssignmentStatus::Cancelled)
+        })
+        .await,
+    );
+    assert_eq!(cancelled.event_id, published.id);
+    support::shut_down(daemon).await;
+}

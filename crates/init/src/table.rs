@@ -44,6 +44,7 @@ pub static SERVICES: &[ServiceSpec] = &[
                 "assignments.complete",
                 "assignments.fail",
                 "assignments.list",
+                "assignments.cancel_pending",
                 "knowledge.*",
                 "memory.*",
                 "system.health",

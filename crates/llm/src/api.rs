@@ -7,7 +7,8 @@ use std::sync::atomic::Ordering;
 
 use aiventbus_proto::agents::{
     AgentMemoryParams, AgentUpdateParams, AgentsCreate, AgentsDelete, AgentsDisable, AgentsEnable, AgentsGet,
-    AgentsList, AgentsMemory, AgentsResult, AgentsUpdate, LlmStatus, LlmStatusResult,
+    AgentsList, AgentsMemory, AgentsResult, AgentsUpdate, AssignmentsCancelPending, CancelPendingParams, LlmStatus,
+    LlmStatusResult,
 };
 use aiventbus_proto::methods::{
     DeleteResult, Health, HealthResult, IdParams, IdResult, MemoryList, MemoryListParams, MemorySearch,
@@ -77,7 +78,17 @@ pub fn methods(state: Arc<State>) -> Methods<State> {
             .map_err(rpc_error)
     });
     table.add::<AgentsDelete, _, _>(|state, _, params: IdParams| async move {
+        let id = state.shared.agents.find(&params.id).ok().map(|agent| agent.id);
         let deleted = state.shared.agents.delete(&params.id).await.map_err(rpc_error)?;
+        if let Some(agent_id) = id.filter(|_| deleted) {
+            // Its queued work would otherwise wait forever for an agent that no longer exists.
+            let cancel = CancelPendingParams {
+                agent_id: Some(agent_id),
+            };
+            if let Err(error) = state.shared.bus.client.call::<AssignmentsCancelPending>(&cancel).await {
+                tracing::warn!(%error, "could not cancel the deleted agent's pending work");
+            }
+        }
         Ok(DeleteResult { deleted })
     });
     table.add::<AgentsEnable, _, _>(|state, _, params: IdParams| async move {
