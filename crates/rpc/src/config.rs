@@ -220,6 +220,9 @@ pub struct ProviderConfig {
     pub base_url: String,
     /// Environment variable holding the API key, if any.
     pub api_key_env: Option<String>,
+    /// Wire dialect, `ollama` or `openai`; when absent, a provider named `ollama…` speaks Ollama's
+    /// API and any other name the OpenAI-compatible one.
+    pub kind: Option<String>,
 }
 
 /// The whole file.
@@ -486,6 +489,7 @@ impl Visitor<'_> {
             let mut provider = ProviderConfig {
                 base_url: String::new(),
                 api_key_env: None,
+                kind: None,
             };
             for (key, value) in table {
                 let full = format!("{name}.{key}");
@@ -495,6 +499,10 @@ impl Visitor<'_> {
                             provider.base_url = url.trim_end_matches('/').to_owned();
                         }
                         _ => self.bad(&full, format!("expected an http:// or https:// URL, got {value}")),
+                    },
+                    "kind" => match value.as_str() {
+                        Some(kind @ ("ollama" | "openai")) => provider.kind = Some(kind.to_owned()),
+                        _ => self.bad(&full, format!("expected \"ollama\" or \"openai\", got {value}")),
                     },
                     "api_key_env" => match value.as_str() {
                         Some(var) if !var.is_empty() => provider.api_key_env = Some(var.to_owned()),

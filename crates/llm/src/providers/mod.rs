@@ -39,10 +39,10 @@ pub enum Protocol {
 }
 
 impl Protocol {
-    /// Providers named `ollama…` speak Ollama's API; every other name is OpenAI-compatible (the
-    /// `[providers.*]` section has no key for the dialect).
-    pub fn for_name(name: &str) -> Protocol {
-        if name.starts_with("ollama") {
+    /// The configured `kind`, else by name: `ollama…` speaks Ollama's API, every other name is
+    /// OpenAI-compatible.
+    pub fn for_provider(name: &str, kind: Option<&str>) -> Protocol {
+        if kind.map_or(name.starts_with("ollama"), |kind| kind == "ollama") {
             Protocol::Ollama
         } else {
             Protocol::OpenAi
@@ -139,7 +139,7 @@ impl Provider {
             name: name.to_owned(),
             health: Health::new(name, &base_url),
             base_url,
-            protocol: Protocol::for_name(name),
+            protocol: Protocol::for_provider(name, config.kind.as_deref()),
             api_key_env: config.api_key_env.clone(),
             http,
             json_object_only: AtomicBool::new(false),
@@ -231,6 +231,7 @@ pub fn from_config(
         let config = configured.get(name).cloned().unwrap_or(ProviderConfig {
             base_url: default_url.to_owned(),
             api_key_env: None,
+            kind: None,
         });
         all.insert(
             name.to_owned(),
@@ -419,10 +420,12 @@ mod tests {
 
     #[test]
     fn protocol_follows_the_name() {
-        assert_eq!(Protocol::for_name("ollama"), Protocol::Ollama);
-        assert_eq!(Protocol::for_name("ollama-gpu"), Protocol::Ollama);
-        assert_eq!(Protocol::for_name("openai"), Protocol::OpenAi);
-        assert_eq!(Protocol::for_name("groq"), Protocol::OpenAi);
+        assert_eq!(Protocol::for_provider("ollama", None), Protocol::Ollama);
+        assert_eq!(Protocol::for_provider("ollama-gpu", None), Protocol::Ollama);
+        assert_eq!(Protocol::for_provider("openai", None), Protocol::OpenAi);
+        assert_eq!(Protocol::for_provider("groq", None), Protocol::OpenAi);
+        assert_eq!(Protocol::for_provider("gpu-box", Some("ollama")), Protocol::Ollama);
+        assert_eq!(Protocol::for_provider("ollama-proxy", Some("openai")), Protocol::OpenAi);
     }
 
     #[test]

@@ -17,6 +17,7 @@ fn provider(name: &str, base_url: String, api_key_env: Option<&str>, timeout: Du
     let config = ProviderConfig {
         base_url,
         api_key_env: api_key_env.map(str::to_owned),
+        kind: None,
     };
     Provider::new(name, &config, timeout).unwrap()
 }
