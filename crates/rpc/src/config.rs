@@ -626,6 +626,17 @@ max_payload = "1MiB"
             config.providers["openai"].api_key_env.as_deref(),
             Some("OPENAI_API_KEY")
         );
+        let gpu = Config::parse(
+            "[providers.gpu]\nbase_url = \"http://10.0.0.2:11434\"\nkind = \"ollama\"\n",
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        assert_eq!(gpu.providers["gpu"].kind.as_deref(), Some("ollama"));
+        let bad = Config::parse(
+            "[providers.gpu]\nbase_url = \"http://x\"\nkind = \"llamafile\"\n",
+            Path::new("c.toml"),
+        );
+        assert!(bad.unwrap_err().to_string().contains("providers.gpu.kind"));
     }
 
     #[test]
