@@ -1,6 +1,6 @@
 //! Benchmark support shared by the load tool: order statistics over samples, and what `/proc`
-//! says about a process (resident memory; CPU time and context switches per thread; system calls)
-//! so a run can show where the time went without a profiler.
+//! says about a process (resident memory; CPU time and context switches per thread) so a run can
+//! show where the time went without a profiler.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -43,11 +43,10 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
 }
 
 /// What the kernel has counted for some processes at one instant: CPU time and context switches
-/// of every thread, and read/write system calls of each process.
+/// of every thread.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     threads: HashMap<(u32, u32), ThreadCounters>,
-    processes: HashMap<u32, (String, Calls)>,
 }
 
 #[derive(Debug, Clone)]
@@ -57,15 +56,6 @@ struct ThreadCounters {
     ticks: u64,
     voluntary_switches: u64,
     involuntary_switches: u64,
-}
-
-/// Read-like and write-like system calls (`syscr`, `syscw` of `/proc/<pid>/io`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Calls {
-    /// `read`, `recvmsg`, … calls.
-    pub reads: u64,
-    /// `write`, `sendmsg`, … calls.
-    pub writes: u64,
 }
 
 /// What one group of threads (same process label, same thread name) did between two snapshots.
@@ -84,8 +74,6 @@ pub struct ThreadUsage {
 pub struct Usage {
     /// Per (process label, thread name).
     pub threads: BTreeMap<(String, String), ThreadUsage>,
-    /// Per process label.
-    pub calls: BTreeMap<String, Calls>,
 }
 
 impl Snapshot {
@@ -96,9 +84,6 @@ impl Snapshot {
             let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
                 continue;
             };
-            if let Some(calls) = process_calls(*pid) {
-                snapshot.processes.insert(*pid, ((*label).to_owned(), calls));
-            }
             for entry in entries.flatten() {
                 let Some(tid) = entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else {
                     continue;
@@ -123,7 +108,7 @@ impl Snapshot {
     }
 
     /// What happened between `before` and `self`. Threads born in between count in full;
-    /// threads that ended in between are lost (system calls are per process and kept).
+    /// threads that ended in between are lost.
     pub fn since(&self, before: &Snapshot) -> Usage {
         let mut usage = Usage::default();
         for (key, now) in &self.threads {
@@ -142,12 +127,6 @@ impl Snapshot {
                 .saturating_sub(earlier.map_or(0, |thread| thread.involuntary_switches));
         }
         usage.threads.retain(|_, thread| *thread != ThreadUsage::default());
-        for (pid, (label, now)) in &self.processes {
-            let earlier = before.processes.get(pid).map(|(_, calls)| *calls).unwrap_or_default();
-            let slot = usage.calls.entry(label.clone()).or_default();
-            slot.reads += now.reads.saturating_sub(earlier.reads);
-            slot.writes += now.writes.saturating_sub(earlier.writes);
-        }
         usage
     }
 }
@@ -179,20 +158,6 @@ fn thread_switches(pid: u32, tid: u32) -> Option<(u64, u64)> {
         field("voluntary_ctxt_switches:")?,
         field("nonvoluntary_ctxt_switches:")?,
     ))
-}
-
-/// System call counts of one process.
-fn process_calls(pid: u32) -> Option<Calls> {
-    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
-    let field = |name: &str| {
-        io.lines()
-            .find_map(|line| line.strip_prefix(name))
-            .and_then(|rest| rest.trim().parse().ok())
-    };
-    Some(Calls {
-        reads: field("syscr:")?,
-        writes: field("syscw:")?,
-    })
 }
 
 #[cfg(test)]

@@ -188,7 +188,15 @@ pub fn progress(message: impl std::fmt::Display) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(&cli) {
+    let plan = match Plan::new(&cli) {
+        Ok(plan) => plan,
+        Err(error) => {
+            // A usage mistake, like the ones clap reports itself.
+            eprintln!("aiventbus-load: {error:#}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&cli, &plan) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("aiventbus-load: {error:#}");
@@ -197,8 +205,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: &Cli) -> anyhow::Result<()> {
-    let plan = Plan::new(cli)?;
+fn run(cli: &Cli, plan: &Plan) -> anyhow::Result<()> {
     check_binaries()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(plan.threads)
@@ -206,10 +213,10 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         .thread_name("load-worker")
         .build()
         .context("starting the runtime")?;
-    let mut report = Report::new(&plan);
+    let mut report = Report::new(plan);
 
     if plan.runs(Phase::Start) {
-        report.start = Some(lifecycle::start_and_restart(&runtime, &plan)?);
+        report.start = Some(lifecycle::start_and_restart(&runtime, plan)?);
     }
 
     let measure_memory = plan.runs(Phase::Memory);
@@ -242,7 +249,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                     Daemon::start_with_config(daemon_config(sync)).context("starting the daemon")?
                 }
             };
-            let run = publish::run(&runtime, &plan, daemon, sync)?;
+            let run = publish::run(&runtime, plan, daemon, sync)?;
             if sync == SyncMode::Normal
                 && let Some(memory) = report.memory.as_mut()
             {
@@ -256,7 +263,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     if plan.runs(Phase::Latency) {
         progress("starting a daemon for the latency phase");
         let daemon = Daemon::start().context("starting the daemon")?;
-        report.latency = Some(runtime.block_on(latency::run(&daemon, &plan))?);
+        report.latency = Some(runtime.block_on(latency::run(&daemon, plan))?);
     }
 
     if cli.json {
@@ -270,9 +277,9 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
 /// Fails with instructions when the daemon's binaries were not built beside this tool.
 fn check_binaries() -> anyhow::Result<()> {
     let dir = aiventbus_testkit::bin_dir();
-    let missing: Vec<&str> = ["aiventbus-init", "aiventbus-bus", "aiventbus-gateway"]
+    let missing: Vec<&str> = aiventbus_testkit::BINARIES
         .into_iter()
-        .filter(|name| !dir.join(name).exists())
+        .filter(|name| *name != "aibus" && !dir.join(name).exists())
         .collect();
     if !missing.is_empty() {
         bail!(

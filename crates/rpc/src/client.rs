@@ -16,7 +16,7 @@ use aiventbus_proto::{ErrorObject, Method};
 use futures_util::StreamExt;
 use serde::Serialize;
 use serde_json::value::RawValue;
-use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
@@ -29,6 +29,8 @@ use crate::codec::LineCodec;
 const MAX_REPLY: usize = 256 * 1024 * 1024;
 /// Requests waiting for a connection.
 const QUEUE: usize = 4096;
+/// Requests in flight on one connection (below the server's default `rpc.max_in_flight`).
+const MAX_OUTSTANDING: usize = 512;
 
 /// Where a service listens and how to authenticate to it.
 #[derive(Debug, Clone)]
@@ -308,7 +310,9 @@ async fn connection_task(
                         _ = stop.cancelled() => return,
                         _ = tokio::time::sleep(backoff) => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    // A Unix socket refuses at once, so retrying often is cheap and a restarted
+                    // service is reached within ~100 ms of listening.
+                    backoff = (backoff * 2).min(Duration::from_millis(100));
                     continue;
                 }
             },
@@ -317,7 +321,12 @@ async fn connection_task(
         backoff = Duration::from_millis(10);
         let mut waiting: Waiting = HashMap::new();
         let mut frames = FramedRead::with_capacity(read, LineCodec::new(MAX_REPLY), 64 * 1024);
-        let mut writer = BufWriter::with_capacity(64 * 1024, write);
+        // Writing happens on its own task, so replies keep being read while a write waits for the
+        // server: a client that stopped reading while the server stopped reading would deadlock.
+        // At most MAX_OUTSTANDING requests are in flight (below the server's per-connection bound),
+        // so the line channel never fills; further calls wait in the queue, unsent.
+        let (lines, outbox) = mpsc::channel::<bytes::Bytes>(MAX_OUTSTANDING);
+        let mut writer = tokio::spawn(crate::server::write_loop(write, outbox));
         // Reconnect (re-reading the token file, which init refreshes) well before the token expires.
         let mut rotate_at = expires_at_ms.map(|ms| {
             let left = Duration::from_millis(ms.saturating_sub(crate::time::now_ms()));
@@ -332,40 +341,29 @@ async fn connection_task(
                     }
                     rotate_at = Some(tokio::time::Instant::now() + Duration::from_secs(1));
                 }
-                command = queue.recv() => {
-                    let Some(first) = command else { return };
-                    let mut batch = vec![first];
-                    while batch.len() < 256 {
-                        match queue.try_recv() {
-                            Ok(command) => batch.push(command),
-                            Err(_) => break,
-                        }
+                command = queue.recv(), if waiting.len() < MAX_OUTSTANDING => {
+                    let Some(command) = command else { return };
+                    if command.reply.is_closed() {
+                        continue;
                     }
-                    let mut failed = false;
-                    for command in batch {
-                        if command.reply.is_closed() {
-                            continue;
-                        }
-                        let id = next_id;
-                        next_id += 1;
-                        let line = raw_request_line(id, &command.method, command.params.as_deref());
-                        if writer.write_all(line.as_bytes()).await.is_err() {
-                            let _ = command.reply.send(Err(ClientError::Disconnected));
-                            failed = true;
-                            break;
-                        }
-                        waiting.insert(id, command.reply);
-                    }
-                    if failed || writer.flush().await.is_err() {
+                    let id = next_id;
+                    next_id += 1;
+                    let line = raw_request_line(id, &command.method, command.params.as_deref());
+                    if lines.try_send(bytes::Bytes::from(line)).is_err() {
+                        let _ = command.reply.send(Err(ClientError::Disconnected));
                         break "write failed";
                     }
+                    waiting.insert(id, command.reply);
                 }
                 frame = frames.next() => match frame {
                     Some(Ok(line)) => dispatch_reply(&line, &mut waiting),
                     Some(Err(_)) | None => break "connection closed",
                 },
+                _ = &mut writer => break "write failed",
             }
         };
+        drop(lines);
+        writer.abort();
         connected.store(false, Ordering::Relaxed);
         tracing::debug!(path = %endpoint.path.display(), reason = ended, pending = waiting.len(), "disconnected");
         for (_, reply) in waiting.drain() {
@@ -496,5 +494,70 @@ impl Subscription {
                 return Some(Notice::Item(result));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use aiventbus_proto::methods::{KeyParams, KnowledgeGet};
+    use serde_json::json;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::config::RpcConfig;
+    use crate::server::{Auth, Methods, ServeOptions, bind, serve};
+
+    /// Many pipelined calls with large replies against a server that stops reading at a small
+    /// in-flight bound: the client must keep reading replies while its writes wait, or both ends
+    /// block on full socket buffers for good.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pipelining_past_the_servers_bound_does_not_deadlock() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.sock");
+        let listener = bind(&path).await.unwrap();
+        let mut methods = Methods::new(Arc::new(()));
+        methods.add::<KnowledgeGet, _, _>(|_, _, params: KeyParams| async move {
+            Ok(aiventbus_proto::methods::Fact {
+                key: params.key,
+                value: json!("x".repeat(64 * 1024)),
+                source: "system".into(),
+                created_at: String::new(),
+                updated_at: String::new(),
+            })
+        });
+        let rpc = RpcConfig {
+            max_in_flight: 8,
+            ..RpcConfig::default()
+        };
+        let mut options = ServeOptions::new("big", Auth::PeerUid(vec![nix::unistd::getuid().as_raw()]), &rpc);
+        options.outbound_queue = 4;
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve(listener, Arc::new(methods), options, shutdown.clone()));
+
+        let client = Client::connect(Endpoint::public(&path)).await.unwrap();
+        let calls: Vec<_> = (0..400)
+            .map(|n| {
+                let client = client.clone();
+                tokio::spawn(async move {
+                    // Large requests too: what the client writes must exceed the socket buffers.
+                    let key = format!("k{n}-{}", "p".repeat(16 * 1024));
+                    client.call::<KnowledgeGet>(&KeyParams { key }).await
+                })
+            })
+            .collect();
+        let all = async {
+            for call in calls {
+                let fact = call.await.unwrap().unwrap();
+                assert_eq!(fact.value.as_str().unwrap().len(), 64 * 1024);
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), all)
+            .await
+            .expect("every pipelined call is answered");
+        shutdown.cancel();
+        let _ = server.await;
     }
 }

@@ -668,12 +668,16 @@ fn line_bytes(line: String) -> Bytes {
     Bytes::from(bytes)
 }
 
-async fn write_loop(write: OwnedWriteHalf, mut queue: mpsc::Receiver<Bytes>) {
+/// Writes queued lines to a socket, coalescing whatever is ready into one write. Shared by the
+/// server's connections and the client.
+pub(crate) async fn write_loop(write: OwnedWriteHalf, mut queue: mpsc::Receiver<Bytes>) {
     let mut writer = BufWriter::with_capacity(64 * 1024, write);
     while let Some(first) = queue.recv().await {
         if writer.write_all(&first).await.is_err() {
             return;
         }
+        // Let the replies of requests finishing right now join this write.
+        tokio::task::yield_now().await;
         // Coalesce whatever else is ready into the same write.
         while let Ok(next) = queue.try_recv() {
             if writer.write_all(&next).await.is_err() {

@@ -163,6 +163,7 @@ async fn health_goes_down_and_comes_back() {
             ProviderConfig {
                 base_url: server.ollama_url(),
                 api_key_env: None,
+                kind: None,
             },
         )]),
         Duration::from_secs(5),
