@@ -42,6 +42,18 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// CPU time (user + system) of the children of a process that it has waited for (`cutime +
+/// cstime` in `/proc/<pid>/stat`), in 10 ms steps; `None` when it is gone.
+pub fn children_cpu(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the name: state (field 3) … cutime (16) and cstime (17), so indexes 13 and 14 here.
+    let (_, rest) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let cutime: u64 = fields.get(13)?.parse().ok()?;
+    let cstime: u64 = fields.get(14)?.parse().ok()?;
+    Some(Duration::from_millis((cutime + cstime) * 1000 / USER_HZ))
+}
+
 /// What the kernel has counted for some processes at one instant: CPU time and context switches
 /// of every thread.
 #[derive(Debug, Clone, Default)]
@@ -185,6 +197,7 @@ mod tests {
     fn this_process_has_memory_and_cpu_time() {
         let pid = std::process::id();
         assert!(rss_kib(pid).is_some_and(|kib| kib > 0));
+        assert!(children_cpu(pid).is_some());
         let before = Snapshot::take(&[("self", pid)]);
         // Burn CPU until /proc shows some (it counts in 10 ms ticks); a bound keeps a broken
         // reading from spinning forever.

@@ -1,10 +1,12 @@
 //! `aiventbus-load`: the end-to-end load tool. It starts its own daemons (the real binaries found
 //! next to its executable, so `cargo run --release` measures release builds), runs the chosen
 //! phases — durable publish throughput with raw-SQLite and in-process-store baselines, publish →
-//! delivery latency, cold start and restart after `kill -9`, resident memory — and prints a
+//! delivery latency, cold start and restart after `kill -9`, resident memory, agent runs through
+//! router and llm — and prints a
 //! plain-text report, or JSON with `--json`. Every loop is bounded in count and in time. Its
 //! figures go in release notes, never in tests.
 
+mod agents;
 mod latency;
 mod lifecycle;
 mod publish;
@@ -33,6 +35,9 @@ enum Phase {
     Start,
     /// Resident memory of each process when idle (and after the publish phase when it runs).
     Memory,
+    /// Agent runs: one llm run at a time against an instant scripted model (publish ->
+    /// agent.completed), and command-agent runs per second under a burst.
+    Agents,
 }
 
 /// Which `[bus] sync` settings the publish phase measures.
@@ -53,7 +58,8 @@ struct Cli {
     /// Phases to run (comma-separated or repeated).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "all")]
     phase: Vec<Phase>,
-    /// Small sizes for a smoke run (publish 5,000 events, latency 1 s, 2 starts).
+    /// Small sizes for a smoke run (publish 5,000 events, latency 1 s, 2 starts, 30 llm agent
+    /// runs, 200 command-agent events).
     #[arg(long)]
     quick: bool,
     /// Print the report as JSON on stdout.
@@ -83,10 +89,18 @@ struct Cli {
     /// Cold starts and restarts measured [default: 5, or 2 with --quick].
     #[arg(long)]
     repeats: Option<usize>,
+    /// llm agent runs measured one at a time in the agents phase [default: 200, or 30 with --quick].
+    #[arg(long)]
+    agent_runs: Option<usize>,
+    /// Events published for the command agent in the agents phase [default: 2000, or 200 with
+    /// --quick].
+    #[arg(long)]
+    agent_events: Option<u64>,
     /// Seconds the daemon idles before its idle memory is read.
     #[arg(long, default_value_t = 2)]
     idle_secs: u64,
-    /// Longest one publish run may last; it then stops issuing and reports what completed.
+    /// Longest one publish run (or the command-agent burst) may last; it then stops issuing and
+    /// reports what completed.
     #[arg(long, default_value_t = 300)]
     max_run_secs: u64,
     /// Worker threads of this tool's own runtime.
@@ -116,6 +130,10 @@ pub struct Plan {
     pub repeats: usize,
     /// Idle time before the idle memory reading.
     pub idle: Duration,
+    /// llm agent runs measured one at a time.
+    pub agent_runs: usize,
+    /// Events published for the command agent.
+    pub agent_events: u64,
     /// Bound on one publish run.
     pub max_run: Duration,
     /// This tool's worker threads.
@@ -140,11 +158,26 @@ impl Plan {
         if cli.repeats == Some(0) {
             problems.push("--repeats must be at least 1");
         }
+        if cli.agent_runs == Some(0) {
+            problems.push("--agent-runs must be at least 1");
+        }
+        if cli
+            .agent_events
+            .is_some_and(|events| events == 0 || events > 10_000_000)
+        {
+            problems.push("--agent-events must be between 1 and 10000000");
+        }
         if !problems.is_empty() {
             bail!("{}", problems.join("; "));
         }
         let phases = if cli.phase.contains(&Phase::All) {
-            vec![Phase::Start, Phase::Memory, Phase::Publish, Phase::Latency]
+            vec![
+                Phase::Start,
+                Phase::Memory,
+                Phase::Publish,
+                Phase::Latency,
+                Phase::Agents,
+            ]
         } else {
             cli.phase.clone()
         };
@@ -163,6 +196,8 @@ impl Plan {
             latency_time: Duration::from_secs(cli.latency_secs.unwrap_or(if cli.quick { 1 } else { 5 })),
             repeats: cli.repeats.unwrap_or(if cli.quick { 2 } else { 5 }),
             idle: Duration::from_secs(cli.idle_secs),
+            agent_runs: cli.agent_runs.unwrap_or(if cli.quick { 30 } else { 200 }),
+            agent_events: cli.agent_events.unwrap_or(if cli.quick { 200 } else { 2_000 }),
             max_run: Duration::from_secs(cli.max_run_secs.max(1)),
             threads: cli.threads,
         })
@@ -264,6 +299,10 @@ fn run(cli: &Cli, plan: &Plan) -> anyhow::Result<()> {
         progress("starting a daemon for the latency phase");
         let daemon = Daemon::start().context("starting the daemon")?;
         report.latency = Some(runtime.block_on(latency::run(&daemon, plan))?);
+    }
+
+    if plan.runs(Phase::Agents) {
+        report.agents = Some(agents::run(&runtime, plan)?);
     }
 
     if cli.json {

@@ -22,6 +22,8 @@ pub struct Report {
     pub start: Option<StartReport>,
     /// Resident memory.
     pub memory: Option<MemoryReport>,
+    /// Agent runs through router and llm.
+    pub agents: Option<AgentsReport>,
 }
 
 /// The machine the figures come from.
@@ -54,6 +56,10 @@ pub struct PlanSummary {
     pub latency_seconds: f64,
     /// Starts and restarts measured.
     pub repeats: usize,
+    /// llm agent runs measured one at a time.
+    pub agent_runs: usize,
+    /// Events published for the command agent.
+    pub agent_events: u64,
 }
 
 /// Events completed over a time.
@@ -259,6 +265,72 @@ pub struct MemoryReport {
     pub after_publish: Option<ProcessRss>,
 }
 
+/// The agents phase.
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentsReport {
+    /// One llm agent run at a time against a model server that answers at once.
+    pub llm: LlmRunsReport,
+    /// A command agent under a burst of events.
+    pub command: CommandRunsReport,
+}
+
+/// One llm agent, runs one at a time.
+#[derive(Debug, Clone, Serialize)]
+pub struct LlmRunsReport {
+    /// Runs measured.
+    pub runs: usize,
+    /// Runs before the clock started.
+    pub warmup_runs: usize,
+    /// Publish issued → its `agent.completed` received.
+    pub completed_us: Quantiles,
+    /// The model server's time per chat request, measured from this tool.
+    pub model_us: Quantiles,
+    /// How `model_us` was measured.
+    pub model_method: &'static str,
+    /// `completed_us` samples minus the median of `model_us`: what bus, router and llm add.
+    pub overhead_us: Quantiles,
+    /// The p50 `overhead_us` is compared against.
+    pub target_p50_us: u64,
+    /// CPU time and context switches per run.
+    pub usage: UsageReport,
+}
+
+/// A command agent under a burst of events.
+#[derive(Debug, Clone, Serialize)]
+pub struct CommandRunsReport {
+    /// Events to publish.
+    pub events: u64,
+    /// Events published.
+    pub published: u64,
+    /// Start until the last publish was acknowledged.
+    pub publish_seconds: f64,
+    /// Failed publishes by error text.
+    pub publish_errors: Vec<(String, u64)>,
+    /// Publishing stopped at `--max-run-secs`.
+    pub cut_short: bool,
+    /// The agent's `max_concurrent`.
+    pub agent_max_concurrent: u32,
+    /// `[llm] max_concurrent`.
+    pub llm_max_concurrent: u32,
+    /// `[router] max_queue`, raised so the burst is not dropped.
+    pub max_queue: u64,
+    /// `agent.completed` for published events; seconds from the first publish to the last of them.
+    pub completed: Rate,
+    /// Other outcomes for published events, by topic.
+    pub other_outcomes: Vec<(String, u64)>,
+    /// Why waiting stopped early, if it did.
+    pub ended: Option<String>,
+    /// Run time as the llm reports it (`duration_ms` of `agent.completed`).
+    pub run_us: Quantiles,
+    /// The same script spawned straight from this tool, one at a time, spawn to exit.
+    pub spawn_us: Quantiles,
+    /// CPU time of the scripts themselves per completed run, µs (waited-for children of the llm
+    /// process, 10 ms resolution over the whole burst).
+    pub script_cpu_us_per_run: Option<f64>,
+    /// CPU time and context switches per completed run (the scripts' own processes not included).
+    pub usage: UsageReport,
+}
+
 /// `normal` or `full`.
 pub fn sync_name(sync: SyncMode) -> &'static str {
     match sync {
@@ -280,11 +352,14 @@ impl Report {
                 latency_rate: plan.latency_rate,
                 latency_seconds: plan.latency_time.as_secs_f64(),
                 repeats: plan.repeats,
+                agent_runs: plan.agent_runs,
+                agent_events: plan.agent_events,
             },
             publish: Vec::new(),
             latency: None,
             start: None,
             memory: None,
+            agents: None,
         }
     }
 
@@ -429,8 +504,99 @@ impl Report {
                 write_rss(out, "  after publish (sync normal)", after)?;
             }
         }
+        if let Some(agents) = &self.agents {
+            write_agents(out, agents)?;
+        }
         Ok(())
     }
+}
+
+fn write_agents(out: &mut String, agents: &AgentsReport) -> std::fmt::Result {
+    let llm = &agents.llm;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "agents, llm: one llm agent (ollama -> scripted model server answering at once), {} runs one at a time \
+         (after {} warm-up runs)",
+        llm.runs, llm.warmup_runs
+    )?;
+    write_quantiles(out, "  publish -> agent.completed         ", &llm.completed_us)?;
+    write_quantiles(out, "  model server, direct POST          ", &llm.model_us)?;
+    write_quantiles(out, "  publish -> completed - model median", &llm.overhead_us)?;
+    let ms = |us: u64| us as f64 / 1000.0;
+    writeln!(
+        out,
+        "  target: <= {:.0} ms p50 without the model: {}",
+        ms(llm.target_p50_us),
+        match llm.overhead_us.p50 {
+            Some(p50) if p50 <= llm.target_p50_us => format!("met ({:.2} ms)", ms(p50)),
+            Some(p50) => format!("missed ({:.2} ms)", ms(p50)),
+            None => "no runs".to_owned(),
+        }
+    )?;
+    writeln!(out, "  model time: {}", llm.model_method)?;
+    write_usage(out, "  during the runs", &llm.usage)?;
+
+    let command = &agents.command;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "agents, command: one command agent (a /bin/sh script echoing a fixed answer), agent max_concurrent {}, \
+         [llm] max_concurrent {}, [router] max_queue {}",
+        command.agent_max_concurrent, command.llm_max_concurrent, command.max_queue
+    )?;
+    writeln!(
+        out,
+        "  published {} of {} in {:.2} s{}; completed {} in {:.2} s: {:.0} completed/s{}",
+        command.published,
+        command.events,
+        command.publish_seconds,
+        if command.cut_short {
+            " (cut short by --max-run-secs)"
+        } else {
+            ""
+        },
+        command.completed.events,
+        command.completed.seconds,
+        command.completed.per_second,
+        command
+            .ended
+            .as_ref()
+            .map_or(String::new(), |why| format!(" (ended: {why})"))
+    )?;
+    for (error, count) in &command.publish_errors {
+        writeln!(out, "    {count} x publish error: {error}")?;
+    }
+    for (topic, count) in &command.other_outcomes {
+        writeln!(out, "    {count} x {topic}")?;
+    }
+    write_quantiles(out, "  run, as the llm times it (duration_ms)", &command.run_us)?;
+    write_quantiles(out, "  the script spawned here, one at a time", &command.spawn_us)?;
+    if let Some(p50) = command.spawn_us.p50.filter(|us| *us > 0) {
+        writeln!(
+            out,
+            "  every run spawns a process (fork/exec of /bin/sh): alone, one spawn takes {:.2} ms p50, \
+             at most {:.0}/s one at a time",
+            ms(p50),
+            1e6 / p50 as f64
+        )?;
+    }
+    write_usage(
+        out,
+        "  during the runs (not counting the scripts themselves)",
+        &command.usage,
+    )?;
+    if let Some(us) = command.script_cpu_us_per_run {
+        let others: f64 = command.usage.threads.iter().map(|share| share.us_per_event).sum();
+        let all = others + us;
+        writeln!(
+            out,
+            "      scripts  {us:>5.1} µs  (the spawned processes themselves, children of llm: {:.0} % of the {all:.0} µs \
+             per run with them)",
+            if all > 0.0 { us * 100.0 / all } else { 0.0 }
+        )?;
+    }
+    Ok(())
 }
 
 fn write_usage(out: &mut String, title: &str, usage: &UsageReport) -> std::fmt::Result {
