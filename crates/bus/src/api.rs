@@ -212,7 +212,7 @@ fn add_assignments(table: &mut Methods<State>) {
         let stop = async {
             tokio::select! {
                 _ = state.shutdown.cancelled() => {}
-                _ = peer.closed().cancelled() => {}
+                _ = peer.input_closed().cancelled() => {}
             }
         };
         let claimed = state.store.claim(params, stop).await.map_err(rpc_error)?;

@@ -17,7 +17,6 @@ pub trait Method {
     type Result: Serialize + DeserializeOwned + Send + 'static;
 }
 
-
 /// Params for methods that take none; accepts `{}`, `[]` or no params at all.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

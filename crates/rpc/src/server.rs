@@ -127,6 +127,7 @@ pub struct Peer {
     pub claims: Option<Claims>,
     outbound: mpsc::Sender<Bytes>,
     closed: CancellationToken,
+    input_closed: CancellationToken,
 }
 
 /// The connection is gone.
@@ -145,6 +146,13 @@ impl Peer {
     /// Cancelled when the connection ends; subscription tasks stop on it.
     pub fn closed(&self) -> &CancellationToken {
         &self.closed
+    }
+
+    /// Cancelled as soon as the peer stops sending (it closed, crashed, or only shut down its
+    /// sending side). Long polls stop on it, so a dead caller's poll cannot take work it will never
+    /// see; subscriptions keep flowing to a half-closed reader until [`Peer::closed`].
+    pub fn input_closed(&self) -> &CancellationToken {
+        &self.input_closed
     }
 }
 
@@ -314,6 +322,7 @@ struct Connection {
     handler: Arc<dyn Handler>,
     options: Arc<ServeOptions>,
     closed: CancellationToken,
+    input_closed: CancellationToken,
     peer: Option<Arc<Peer>>,
     outbound: Option<mpsc::Sender<Bytes>>,
     in_flight: Arc<Semaphore>,
@@ -324,11 +333,13 @@ struct Connection {
 impl Connection {
     fn new(id: u64, handler: Arc<dyn Handler>, options: Arc<ServeOptions>, closed: CancellationToken) -> Connection {
         let in_flight = Arc::new(Semaphore::new(options.max_in_flight));
+        let input_closed = closed.child_token();
         Connection {
             id,
             handler,
             options,
             closed,
+            input_closed,
             peer: None,
             outbound: None,
             in_flight,
@@ -353,6 +364,7 @@ impl Connection {
                         claims: None,
                         outbound: outbound.clone(),
                         closed: self.closed.clone(),
+                        input_closed: self.input_closed.clone(),
                     }));
                 }
                 _ => {
@@ -403,6 +415,7 @@ impl Connection {
                 }
             }
         }
+        self.input_closed.cancel();
         // Let requests already read finish and answer, then end subscriptions and the writer.
         let all = self.options.max_in_flight as u32;
         let _ = tokio::time::timeout(self.options.request_timeout, self.in_flight.acquire_many(all)).await;
@@ -607,6 +620,7 @@ impl Connection {
             claims: Some(claims),
             outbound,
             closed: self.closed.clone(),
+            input_closed: self.input_closed.clone(),
         }));
         Reply::json(&result)
     }
