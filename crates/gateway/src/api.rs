@@ -2,13 +2,13 @@
 //! belong to the bus, services to init; `system.status` is assembled here from both;
 //! `system.version` is answered here.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use aiventbus_proto::event::validate_source;
 use aiventbus_proto::methods::{
-    self, KnowledgeSetParams, MemoryAddParams, NoParams, PublishParams, ServiceInfo, ServicesResult, Status,
-    StatusResult, SubscribeResult, UnsubscribeParams, UnsubscribeResult, Version, VersionResult,
+    self, KnowledgeSetParams, MemoryAddParams, NoParams, ServiceInfo, ServicesResult, Status, StatusResult,
+    SubscribeResult, UnsubscribeParams, UnsubscribeResult, Version, VersionResult,
 };
 use aiventbus_proto::{ErrorCode, Method, PROTOCOL_VERSION, agents};
 use aiventbus_rpc::error::parse_params;
@@ -26,6 +26,8 @@ const MAX_SUBSCRIPTIONS_PER_CONNECTION: usize = 64;
 pub struct Upstreams {
     /// The bus.
     pub bus: Client,
+    /// Connections to the bus that carry publishes (a client's publishes always use the same one).
+    pub publishers: Vec<Client>,
     /// init.
     pub init: Client,
     /// The llm service (agents).
@@ -196,17 +198,16 @@ where
 
 /// Publishes for a local client: the source follows [`client_source`], and an id is chosen here
 /// so a publish interrupted by a bus restart can be retried without creating a second event.
+///
+/// This is the hot path, so only the top level of the params is read here (the payload stays raw
+/// text); the bus validates every field and its errors pass through. A client's publishes always
+/// take the same bus connection, so pipelined publishes from one connection keep their order.
 fn publish(state: Arc<State>, peer: Arc<Peer>, params: Option<Box<RawValue>>) -> Pending {
-    let prepared = parse_params::<PublishParams>(params.as_deref()).and_then(|mut params| {
-        params.source = Some(client_source(&peer, params.source.take())?);
-        if params.id.is_none() {
-            params.id = Some(aiventbus_rpc::ids::prefixed("evt"));
-        }
-        serde_json::value::to_raw_value(&params).map_err(RpcError::internal)
-    });
+    let prepared = prepare_publish(&peer, params.as_deref());
     Box::pin(async move {
         let params = prepared?;
-        let bus = &state.upstreams.bus;
+        let publishers = &state.upstreams.publishers;
+        let bus = &publishers[(peer.connection_id as usize) % publishers.len()];
         match bus.call_raw(methods::Publish::NAME, Some(params.clone())).await {
             // The same id makes the retry idempotent: the bus answers with the stored event.
             Err(ClientError::Disconnected) => bus
@@ -217,6 +218,33 @@ fn publish(state: Arc<State>, peer: Arc<Peer>, params: Option<Box<RawValue>>) ->
             other => other.map(Reply::Value).map_err(|error| upstream_error(bus, error)),
         }
     })
+}
+
+fn prepare_publish(peer: &Peer, params: Option<&RawValue>) -> Result<Box<RawValue>, RpcError> {
+    let text = params.map(RawValue::get).unwrap_or("{}").trim();
+    if !text.starts_with('{') {
+        return Err(RpcError::invalid_params("params must be an object of named fields"));
+    }
+    let mut fields: BTreeMap<String, Box<RawValue>> =
+        serde_json::from_str(text).map_err(|e| RpcError::invalid_params(format!("invalid params: {e}")))?;
+    let given = match fields.remove("source") {
+        None => None,
+        Some(raw) => serde_json::from_str::<Option<String>>(raw.get())
+            .map_err(|_| RpcError::invalid_params("invalid params: source: expected a string"))?,
+    };
+    let source = client_source(peer, given)?;
+    fields.insert(
+        "source".into(),
+        serde_json::value::to_raw_value(&source).map_err(RpcError::internal)?,
+    );
+    if fields.get("id").is_none_or(|id| id.get() == "null") {
+        let id = aiventbus_rpc::ids::prefixed("evt");
+        fields.insert(
+            "id".into(),
+            serde_json::value::to_raw_value(&id).map_err(RpcError::internal)?,
+        );
+    }
+    serde_json::value::to_raw_value(&fields).map_err(RpcError::internal)
 }
 
 /// Opens a dedicated bus subscription and relays its notifications verbatim; a slow client slows

@@ -16,6 +16,9 @@ use anyhow::Context as _;
 
 pub use api::Upstreams;
 
+/// Bus connections carrying publishes.
+const PUBLISH_CONNECTIONS: usize = 2;
+
 /// Runs the gateway until `ctx.shutdown` is cancelled.
 pub async fn run(ctx: Context) -> anyhow::Result<()> {
     let verifier = ctx
@@ -24,6 +27,11 @@ pub async fn run(ctx: Context) -> anyhow::Result<()> {
         .context("loading the gateway's credentials")?;
     let upstreams = Arc::new(Upstreams {
         bus: Client::new(ctx.endpoint("bus")),
+        // Publishes spread over their own connections: each bus connection's requests are read and
+        // dispatched by one task on the bus, so one connection would serialize them all.
+        publishers: (0..PUBLISH_CONNECTIONS)
+            .map(|_| Client::new(ctx.endpoint("bus")))
+            .collect(),
         init: Client::new(ctx.endpoint("init")),
         llm: Client::new(ctx.endpoint("llm")),
         router: Client::new(ctx.endpoint("router")),
