@@ -326,38 +326,6 @@ async fn store_only(plan: &Plan, sync: SyncMode) -> anyhow::Result<Baseline> {
     })
 }
 
-/// The `events` table and indexes of the bus's schema (migration 1 of `crates/bus/src/schema.rs`).
-const EVENTS_TABLE: &str = r#"
-    CREATE TABLE events (
-        seq            INTEGER PRIMARY KEY,
-        id             TEXT NOT NULL UNIQUE,
-        ts             TEXT NOT NULL,
-        ts_ms          INTEGER NOT NULL,
-        topic          TEXT NOT NULL,
-        payload        TEXT NOT NULL,
-        source         TEXT NOT NULL,
-        priority       TEXT NOT NULL,
-        semantic_type  TEXT,
-        dedupe_key     TEXT,
-        dedupe_count   INTEGER NOT NULL DEFAULT 1,
-        duplicate_of   TEXT,
-        trace_id       TEXT NOT NULL,
-        parent_event   TEXT,
-        correlation_id TEXT,
-        output_topic   TEXT,
-        context_refs   TEXT,
-        memory_scope   TEXT,
-        expires_at     TEXT,
-        depth          INTEGER NOT NULL,
-        status         TEXT NOT NULL
-    );
-    CREATE INDEX events_topic ON events(topic, seq);
-    CREATE INDEX events_trace ON events(trace_id, seq);
-    CREATE INDEX events_dedupe ON events(topic, dedupe_key, ts_ms)
-        WHERE dedupe_key IS NOT NULL AND status != 'deduped';
-    CREATE INDEX events_unusual_status ON events(status, seq) WHERE status != 'published';
-"#;
-
 const INSERT: &str = "INSERT INTO events (seq, id, ts, ts_ms, topic, payload, source, priority, \
     dedupe_count, trace_id, depth, status) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'medium', 1, ?8, 0, 'published')";
 
@@ -381,7 +349,7 @@ fn raw_sqlite(plan: &Plan, sync: SyncMode) -> anyhow::Result<Baseline> {
          PRAGMA cache_size = -32768;
          PRAGMA journal_size_limit = 67108864;"
     ))?;
-    conn.execute_batch(EVENTS_TABLE)?;
+    conn.execute_batch(aiventbus_bus::BASE_SCHEMA)?;
 
     let rows: Vec<(String, String, String)> = (0..plan.events)
         .map(|n| {

@@ -11,6 +11,10 @@ mod schema;
 pub mod store;
 mod writer;
 
+/// The first schema step (events, topics, traces), for benchmarks comparing raw SQLite inserts
+/// with the bus.
+pub const BASE_SCHEMA: &str = schema::MIGRATIONS[0];
+
 use std::sync::Arc;
 
 use aiventbus_rpc::server::{Auth, ServeOptions, bind, serve};

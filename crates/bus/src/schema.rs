@@ -19,7 +19,7 @@ use crate::store::{Committed, ListQuery, NewEvent, StoreError, SyncMode};
 
 /// Schema steps, applied in order, each in its own transaction; step `n` (1-based) brings the
 /// database to version `n`. Never edit a released step: append a new one.
-const MIGRATIONS: &[&str] = &[
+pub(crate) const MIGRATIONS: &[&str] = &[
     // 1: events, topics, traces.
     r#"
     CREATE TABLE events (
