@@ -81,6 +81,10 @@ pub fn parse_params<T: serde::de::DeserializeOwned>(
         }
         Some(text) => text,
     };
+    // The plain parse is the fast path; only a failure pays for tracking the field's path.
+    if let Ok(params) = serde_json::from_str(text) {
+        return Ok(params);
+    }
     let mut de = serde_json::Deserializer::from_str(text);
     serde_path_to_error::deserialize(&mut de).map_err(|error| {
         let path = error.path().to_string();
