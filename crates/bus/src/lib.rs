@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod assignments;
+mod checkpoint;
 pub mod hub;
 pub mod knowledge;
 pub mod memory;

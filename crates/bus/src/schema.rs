@@ -197,7 +197,8 @@ pub(crate) fn open_writer(path: &std::path::Path, sync: SyncMode) -> Result<Conn
          PRAGMA foreign_keys = OFF;
          PRAGMA temp_store = MEMORY;
          PRAGMA cache_size = -32768;
-         PRAGMA journal_size_limit = 67108864;"
+         PRAGMA journal_size_limit = 67108864;
+         PRAGMA wal_autocheckpoint = 0;"
     ))
     .map_err(|error| internal_at(path, "cannot configure the event store", error))?;
     conn.set_prepared_statement_cache_capacity(32);

@@ -542,6 +542,8 @@ struct StoreInner {
     done: watch::Receiver<bool>,
     /// The writer, then the notifier.
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Stopped (dropping its sender) after the writer, so its last checkpoint sees every commit.
+    checkpointer: Mutex<Option<(mpsc::SyncSender<()>, JoinHandle<()>)>>,
 }
 
 impl StoreInner {
@@ -559,6 +561,13 @@ impl Drop for StoreInner {
         for thread in threads {
             if thread.join().is_err() {
                 tracing::error!("an event store thread panicked");
+            }
+        }
+        let checkpointer = self.checkpointer.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some((stop, thread)) = checkpointer {
+            drop(stop);
+            if thread.join().is_err() {
+                tracing::error!("the checkpoint thread panicked");
             }
         }
     }
@@ -604,6 +613,9 @@ impl Store {
             .name("bus-writer".into())
             .spawn(move || writer.run())
             .map_err(|error| StoreError::Internal(format!("cannot start the writer thread: {error}")))?;
+        // The writer leaves checkpoints to their own thread (see checkpoint.rs).
+        let (checkpoint_stop, checkpoint_stopped) = mpsc::sync_channel(1);
+        let checkpointer = crate::checkpoint::spawn(&config.path, config.sync, checkpoint_stopped)?;
         tracing::info!(path = %config.path.display(), head, "event store open");
         Ok(Store {
             inner: Arc::new(StoreInner {
@@ -616,6 +628,7 @@ impl Store {
                 work: Notify::new(),
                 done,
                 threads: Mutex::new(vec![writer, notifier]),
+                checkpointer: Mutex::new(Some((checkpoint_stop, checkpointer))),
             }),
         })
     }
@@ -913,6 +926,34 @@ pub(crate) mod tests {
 
     fn params(value: Value) -> PublishParams {
         serde_json::from_value(value).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_checkpoint_thread_copies_commits_into_the_database_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config_in(&dir);
+        let store = Store::open(config.clone()).unwrap();
+        let size = || std::fs::metadata(&config.path).map(|m| m.len()).unwrap_or(0);
+        let before = size();
+        for n in 0..2000 {
+            store.publish(event("a.b", n)).await.unwrap();
+        }
+        // Far below SQLite's automatic checkpoint (1000 pages), so only the checkpoint thread can
+        // have moved these pages out of the WAL while the store is open. No notification exists
+        // for a file growing: check it with a deadline.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while size() <= before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the database file never grew past {before} bytes"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        store.close().await;
+        drop(store);
+        let reopened = Store::open(config).unwrap();
+        assert_eq!(reopened.head(), 2000);
+        assert_eq!(reopened.stats().await.unwrap().events, 2000);
     }
 
     fn invalid(value: Value) -> StoreError {
