@@ -333,6 +333,44 @@ async fn error_body(response: reqwest::Response) -> String {
     String::from_utf8_lossy(&body).into_owned()
 }
 
+/// One wire dialect's parser of a streamed answer (Ollama's NDJSON, OpenAI's server-sent events).
+trait StreamParser {
+    /// Feeds one line; returns content to stream on, if the line carried any.
+    fn line(&mut self, line: &str) -> Result<Option<String>, ProviderError>;
+    /// Whether the server said the answer is complete.
+    fn done(&self) -> bool;
+    /// The whole reply.
+    fn finish(self, request: &ChatRequest) -> Result<ChatReply, ProviderError>;
+}
+
+/// Reads a streamed answer line by line, passing content on as it arrives.
+async fn read_stream<P: StreamParser>(
+    response: reqwest::Response,
+    mut parser: P,
+    request: &ChatRequest,
+    chunks: &mpsc::Sender<String>,
+) -> Result<ChatReply, ProviderError> {
+    let mut lines = Lines::new();
+    let mut stream = response.bytes_stream();
+    while let Some(piece) = stream.next().await {
+        let piece = piece.map_err(|error| transport(&error))?;
+        for line in lines.push(&piece)? {
+            if let Some(text) = parser.line(&line)? {
+                let _ = chunks.send(text).await;
+            }
+        }
+        if parser.done() {
+            break;
+        }
+    }
+    if let Some(line) = lines.finish()
+        && let Some(text) = parser.line(&line)?
+    {
+        let _ = chunks.send(text).await;
+    }
+    parser.finish(request)
+}
+
 /// Splits a byte stream into lines (without the `\n`, `\r` trimmed), enforcing the response cap.
 struct Lines {
     buffer: Vec<u8>,

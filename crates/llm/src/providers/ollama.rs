@@ -2,13 +2,10 @@
 //! `format`; the reply is NDJSON, one object per line, the last with `done: true` and the real
 //! token counts (`prompt_eval_count`, `eval_count`).
 
-use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use super::{
-    ChatReply, ChatRequest, Lines, Provider, ProviderError, error_body, estimate_tokens, status_error, transport,
-};
+use super::{ChatReply, ChatRequest, Provider, ProviderError, error_body, estimate_tokens, status_error, transport};
 
 /// How long Ollama keeps the model loaded after a call.
 const KEEP_ALIVE: &str = "5m";
@@ -46,26 +43,7 @@ pub async fn chat(
     if !status.is_success() {
         return Err(status_error(status, &error_body(response).await));
     }
-    let mut parser = Parser::default();
-    let mut lines = Lines::new();
-    let mut stream = response.bytes_stream();
-    while let Some(piece) = stream.next().await {
-        let piece = piece.map_err(|error| transport(&error))?;
-        for line in lines.push(&piece)? {
-            if let Some(text) = parser.line(&line)? {
-                let _ = chunks.send(text).await;
-            }
-        }
-        if parser.done {
-            break;
-        }
-    }
-    if let Some(line) = lines.finish()
-        && let Some(text) = parser.line(&line)?
-    {
-        let _ = chunks.send(text).await;
-    }
-    parser.finish(request)
+    super::read_stream(response, Parser::default(), request, chunks).await
 }
 
 /// The NDJSON stream's state.
@@ -116,6 +94,20 @@ impl Parser {
             completion_tokens: self.completion_tokens.unwrap_or_else(|| estimate_tokens(&self.content)),
             content: self.content,
         })
+    }
+}
+
+impl super::StreamParser for Parser {
+    fn line(&mut self, line: &str) -> Result<Option<String>, ProviderError> {
+        Parser::line(self, line)
+    }
+
+    fn done(&self) -> bool {
+        self.done
+    }
+
+    fn finish(self, request: &ChatRequest) -> Result<ChatReply, ProviderError> {
+        Parser::finish(self, request)
     }
 }
 

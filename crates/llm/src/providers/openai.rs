@@ -6,12 +6,11 @@
 
 use std::sync::atomic::Ordering;
 
-use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::{
-    ChatReply, ChatRequest, Lines, MAX_RESPONSE, Provider, ProviderError, error_body, estimate_tokens, read_capped,
+    ChatReply, ChatRequest, MAX_RESPONSE, Provider, ProviderError, error_body, estimate_tokens, read_capped,
     status_error, transport,
 };
 
@@ -98,26 +97,7 @@ pub async fn chat(
         }
         return Ok(reply);
     }
-    let mut parser = Parser::default();
-    let mut lines = Lines::new();
-    let mut stream = response.bytes_stream();
-    while let Some(piece) = stream.next().await {
-        let piece = piece.map_err(|error| transport(&error))?;
-        for line in lines.push(&piece)? {
-            if let Some(text) = parser.line(&line)? {
-                let _ = chunks.send(text).await;
-            }
-        }
-        if parser.done {
-            break;
-        }
-    }
-    if let Some(line) = lines.finish()
-        && let Some(text) = parser.line(&line)?
-    {
-        let _ = chunks.send(text).await;
-    }
-    parser.finish(request)
+    super::read_stream(response, Parser::default(), request, chunks).await
 }
 
 /// A non-streamed completion.
@@ -200,6 +180,20 @@ impl Parser {
             completion_tokens: self.completion_tokens.unwrap_or_else(|| estimate_tokens(&self.content)),
             content: self.content,
         })
+    }
+}
+
+impl super::StreamParser for Parser {
+    fn line(&mut self, line: &str) -> Result<Option<String>, ProviderError> {
+        Parser::line(self, line)
+    }
+
+    fn done(&self) -> bool {
+        self.done
+    }
+
+    fn finish(self, request: &ChatRequest) -> Result<ChatReply, ProviderError> {
+        Parser::finish(self, request)
     }
 }
 
