@@ -81,6 +81,12 @@ pub fn write_credentials(paths: &Paths, master: &Key, services: &[ServiceSpec], 
             KEY_FILE.to_owned(),
             format!("{}\n", master.audience_key(spec.name).to_hex()),
         )];
+        if spec.secrets {
+            files.push((
+                aiventbus_rpc::creds::SECRETS_KEY_FILE.to_owned(),
+                format!("{}\n", master.derive(crate::table::SECRETS_LABEL).to_hex()),
+            ));
+        }
         for (audience, scope) in spec.calls {
             files.push((
                 token_file(audience),
@@ -152,6 +158,11 @@ mod tests {
             assert!(claims.allows("system.health"));
 
             let mut expected_files = vec![KEY_FILE.to_owned()];
+            if spec.secrets {
+                expected_files.push(aiventbus_rpc::creds::SECRETS_KEY_FILE.to_owned());
+                let key = creds.secrets_key().unwrap();
+                assert_eq!(key.to_hex(), master.derive(crate::table::SECRETS_LABEL).to_hex());
+            }
             for (audience, scope) in spec.calls {
                 let path = creds.token_path(audience);
                 assert_eq!(mode(&path), 0o600);

@@ -11,7 +11,13 @@ pub struct ServiceSpec {
     /// The tokens it gets: `(audience, scope entries)`, written as `token.<audience>` in its
     /// credentials dir. An audience is `init` or a service earlier in the table.
     pub calls: &'static [(&'static str, &'static [&'static str])],
+    /// Gets `secrets.key`: the key (derived from the master key) that stored secrets are
+    /// encrypted under.
+    pub secrets: bool,
 }
+
+/// The label the secrets key is derived from the master key with.
+pub const SECRETS_LABEL: &[u8] = b"aiventbus secrets v1";
 
 /// init's own name: the audience of tokens for `init.sock` and the subject of init's tokens.
 pub const INIT: &str = "init";
@@ -31,25 +37,64 @@ pub static SERVICES: &[ServiceSpec] = &[
         name: "bus",
         binary: "aiventbus-bus",
         calls: &[],
+        secrets: false,
+    },
+    ServiceSpec {
+        name: "exec",
+        binary: "aiventbus-exec",
+        calls: &[(
+            "bus",
+            &["events.publish", "knowledge.get", "knowledge.set", "system.health"],
+        )],
+        secrets: false,
+    },
+    ServiceSpec {
+        name: "policy",
+        binary: "aiventbus-policy",
+        calls: &[
+            (
+                "bus",
+                &["events.publish", "events.get", "events.chain", "system.health"],
+            ),
+            (
+                "exec",
+                &[
+                    "exec.execute",
+                    "exec.outcome",
+                    "exec.notify",
+                    "exec.cancel",
+                    "tools.list",
+                    "system.health",
+                ],
+            ),
+        ],
+        secrets: false,
     },
     ServiceSpec {
         name: "llm",
         binary: "aiventbus-llm",
-        calls: &[(
-            "bus",
-            &[
-                "events.*",
-                "assignments.claim",
-                "assignments.heartbeat",
-                "assignments.complete",
-                "assignments.fail",
-                "assignments.list",
-                "assignments.cancel_pending",
-                "knowledge.*",
-                "memory.*",
-                "system.health",
-            ],
-        )],
+        calls: &[
+            (
+                "bus",
+                &[
+                    "events.*",
+                    "assignments.claim",
+                    "assignments.heartbeat",
+                    "assignments.complete",
+                    "assignments.fail",
+                    "assignments.suspend",
+                    "assignments.resume",
+                    "assignments.list",
+                    "assignments.cancel_pending",
+                    "knowledge.*",
+                    "memory.*",
+                    "system.health",
+                ],
+            ),
+            ("policy", &["actions.propose", "actions.get", "system.health"]),
+            ("exec", &["tools.list", "system.health"]),
+        ],
+        secrets: true,
     },
     ServiceSpec {
         name: "router",
@@ -69,6 +114,7 @@ pub static SERVICES: &[ServiceSpec] = &[
             ),
             ("llm", &["agents.get", "agents.list", "system.health"]),
         ],
+        secrets: false,
     },
     ServiceSpec {
         name: "gateway",
@@ -84,12 +130,42 @@ pub static SERVICES: &[ServiceSpec] = &[
                     "assignments.list",
                     "assignments.cancel_pending",
                     "system.health",
+                    "system.metrics",
                 ],
             ),
-            ("llm", &["agents.*", "llm.status", "system.health"]),
-            ("router", &["rules.*", "system.health"]),
+            (
+                "exec",
+                &[
+                    "exec.get",
+                    "exec.cancel",
+                    "tools.list",
+                    "system.health",
+                    "system.metrics",
+                ],
+            ),
+            (
+                "policy",
+                &[
+                    "actions.get",
+                    "actions.pending",
+                    "actions.history",
+                    "actions.approve",
+                    "actions.deny",
+                    "actions.deny_pending",
+                    "policy.explain",
+                    "sessions.*",
+                    "requests.*",
+                    "inbox.*",
+                    "exec.run",
+                    "system.health",
+                    "system.metrics",
+                ],
+            ),
+            ("llm", &["agents.*", "llm.status", "system.health", "system.metrics"]),
+            ("router", &["rules.*", "system.health", "system.metrics"]),
             (INIT, &["system.services", "system.health"]),
         ],
+        secrets: true,
     },
 ];
 

@@ -19,9 +19,11 @@ macro_rules! method {
 
 pub mod agents;
 pub mod event;
+pub mod exec;
 pub mod jsonrpc;
 pub mod methods;
 pub mod pattern;
+pub mod policy;
 
 pub use event::{Event, EventStatus, Priority};
 pub use jsonrpc::{ErrorCode, ErrorObject};

@@ -6,6 +6,10 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod act;
+
+pub use act::{ArgvRule, DEFAULT_UNTRUSTED_TOPICS, ExecConfig, McpServerConfig, PolicyConfig};
+
 /// Exit code for a bad config (EX_CONFIG-style usage error).
 pub const EXIT_CONFIG: i32 = 64;
 
@@ -86,6 +90,16 @@ pub struct GatewayConfig {
     pub listen: String,
     /// Largest HTTP body.
     pub max_body: u64,
+    /// PEM certificate chain; with `tls_key`, HTTPS (required for a non-loopback `listen`).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key.
+    pub tls_key: Option<PathBuf>,
+    /// Host header values accepted besides `localhost`, loopback addresses and the listen address.
+    pub allowed_hosts: Vec<String>,
+    /// Origins accepted on state-changing requests and WebSocket upgrades besides the gateway's own.
+    pub allowed_origins: Vec<String>,
+    /// Deadline of one HTTP request.
+    pub request_timeout: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -93,6 +107,11 @@ impl Default for GatewayConfig {
         GatewayConfig {
             listen: "127.0.0.1:8420".into(),
             max_body: 1024 * 1024,
+            tls_cert: None,
+            tls_key: None,
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
+            request_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -244,6 +263,10 @@ pub struct Config {
     pub router: RouterConfig,
     /// `[providers.*]`.
     pub providers: BTreeMap<String, ProviderConfig>,
+    /// `[policy]`.
+    pub policy: PolicyConfig,
+    /// `[exec]`.
+    pub exec: ExecConfig,
 }
 
 /// Every problem found in a config file.
@@ -316,8 +339,13 @@ impl Config {
                 "llm" => v.llm(entries, &mut config.llm),
                 "router" => v.router(entries, &mut config.router),
                 "providers" => v.providers(entries, &mut config.providers),
+                "policy" => v.policy(entries, &mut config.policy),
+                "exec" => v.exec(entries, &mut config.exec),
                 _ => problems.push(format!("{section}: unknown section")),
             }
+        }
+        if (config.gateway.tls_cert.is_some()) != (config.gateway.tls_key.is_some()) {
+            problems.push("gateway.tls_cert: tls_cert and tls_key must be given together".into());
         }
         if problems.is_empty() {
             Ok(config)
@@ -330,7 +358,7 @@ impl Config {
     }
 }
 
-struct Visitor<'a> {
+pub(crate) struct Visitor<'a> {
     section: &'a str,
     problems: &'a mut Vec<String>,
 }
@@ -401,6 +429,11 @@ impl Visitor<'_> {
                     Ok(text.to_owned())
                 }),
                 "max_body" => self.set(key, value, &mut gateway.max_body, size),
+                "tls_cert" => self.set(key, value, &mut gateway.tls_cert, path),
+                "tls_key" => self.set(key, value, &mut gateway.tls_key, path),
+                "allowed_hosts" => self.set(key, value, &mut gateway.allowed_hosts, string_list),
+                "allowed_origins" => self.set(key, value, &mut gateway.allowed_origins, string_list),
+                "request_timeout" => self.set(key, value, &mut gateway.request_timeout, nonzero_duration),
                 _ => self.bad(key, "unknown key"),
             }
         }
@@ -517,6 +550,27 @@ impl Visitor<'_> {
             providers.insert(name.clone(), provider);
         }
     }
+}
+
+fn path(value: &toml::Value) -> Result<Option<PathBuf>, String> {
+    match value.as_str() {
+        Some(text) if text.starts_with('/') => Ok(Some(PathBuf::from(text))),
+        _ => Err(format!("expected an absolute path, got {value}")),
+    }
+}
+
+fn string_list(value: &toml::Value) -> Result<Vec<String>, String> {
+    let array = value
+        .as_array()
+        .ok_or_else(|| format!("expected an array of strings, got {value}"))?;
+    array
+        .iter()
+        .map(|item| {
+            item.as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| format!("expected an array of strings, found {item}"))
+        })
+        .collect()
 }
 
 fn nonzero_duration(value: &toml::Value) -> Result<Duration, String> {

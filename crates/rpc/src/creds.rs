@@ -11,6 +11,9 @@ use crate::token::{Key, Verifier};
 /// File name of the service's own verification key.
 pub const KEY_FILE: &str = "key";
 
+/// File name of the key stored secrets are encrypted under (only for services that read secrets).
+pub const SECRETS_KEY_FILE: &str = "secrets.key";
+
 /// File name of the token a service presents to `audience`.
 pub fn token_file(audience: &str) -> String {
     format!("token.{audience}")
@@ -49,6 +52,14 @@ impl Credentials {
             .map_err(|e| io::Error::new(e.kind(), format!("reading {}: {e}", path.display())))?;
         let key = Key::from_hex(&text).map_err(|e| io::Error::other(format!("{}: {e}", path.display())))?;
         Ok(Verifier::new(service, &key))
+    }
+
+    /// The key stored secrets are encrypted under, for services given one.
+    pub fn secrets_key(&self) -> io::Result<Key> {
+        let path = self.dir.join(SECRETS_KEY_FILE);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| io::Error::new(e.kind(), format!("reading {}: {e}", path.display())))?;
+        Key::from_hex(&text).map_err(|e| io::Error::other(format!("{}: {e}", path.display())))
     }
 
     /// Path of the token for `audience` (read again on every reconnect, so refreshed tokens apply).

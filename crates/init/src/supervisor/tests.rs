@@ -265,11 +265,13 @@ static ORDERED: &[ServiceSpec] = &[
         name: "bus",
         binary: "bus.sh",
         calls: &[],
+        secrets: false,
     },
     ServiceSpec {
         name: "worker",
         binary: "worker.sh",
         calls: &[("bus", &["system.health"])],
+        secrets: false,
     },
 ];
 
@@ -360,11 +362,13 @@ static FLAKY: &[ServiceSpec] = &[
         name: "bus",
         binary: "bus.sh",
         calls: &[],
+        secrets: false,
     },
     ServiceSpec {
         name: "flaky",
         binary: "flaky.sh",
         calls: &[],
+        secrets: false,
     },
 ];
 
@@ -412,11 +416,13 @@ static STUBBORN: &[ServiceSpec] = &[
         name: "bus",
         binary: "stubborn.sh",
         calls: &[],
+        secrets: false,
     },
     ServiceSpec {
         name: "silent",
         binary: "silent.sh",
         calls: &[],
+        secrets: false,
     },
 ];
 
@@ -476,11 +482,13 @@ static GHOST: &[ServiceSpec] = &[
         name: "bus",
         binary: "bus.sh",
         calls: &[],
+        secrets: false,
     },
     ServiceSpec {
         name: "ghost",
         binary: "vanished",
         calls: &[],
+        secrets: false,
     },
 ];
 
