@@ -18,6 +18,8 @@ macro_rules! method {
 }
 
 pub mod agents;
+pub mod atp;
+pub mod auth;
 pub mod event;
 pub mod exec;
 pub mod jsonrpc;
