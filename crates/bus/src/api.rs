@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use aiventbus_proto::agents::{
     AssignmentCreateParams, AssignmentListParams, AssignmentsCancelPending, AssignmentsClaim, AssignmentsComplete,
-    AssignmentsCreate, AssignmentsFail, AssignmentsHeartbeat, AssignmentsList, AssignmentsResult, CancelPendingParams,
-    CancelPendingResult, ClaimParams, ClaimResult, FailParams, LeaseParams,
+    AssignmentsCreate, AssignmentsFail, AssignmentsHeartbeat, AssignmentsList, AssignmentsResult, AssignmentsResume,
+    AssignmentsSuspend, CancelPendingParams, CancelPendingResult, ClaimParams, ClaimResult, FailParams, LeaseParams,
 };
 use aiventbus_proto::event::is_reserved;
 use aiventbus_proto::event::validate_source;
@@ -223,6 +223,12 @@ fn add_assignments(table: &mut Methods<State>) {
     });
     table.add::<AssignmentsComplete, _, _>(|state, _, params: LeaseParams| async move {
         state.store.complete_assignment(params).await.map_err(rpc_error)
+    });
+    table.add::<AssignmentsSuspend, _, _>(|state, _, params: LeaseParams| async move {
+        state.store.suspend_assignment(params).await.map_err(rpc_error)
+    });
+    table.add::<AssignmentsResume, _, _>(|state, _, params: IdParams| async move {
+        state.store.resume_assignment(params.id).await.map_err(rpc_error)
     });
     table.add::<AssignmentsFail, _, _>(|state, _, params: FailParams| async move {
         state.store.fail_assignment(params).await.map_err(rpc_error)

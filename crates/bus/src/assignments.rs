@@ -424,6 +424,54 @@ impl Store {
         .await
     }
 
+    /// Suspends a claimed assignment held by `worker` until a human decides: `waiting_confirmation`,
+    /// no lease.
+    pub async fn suspend_assignment(&self, params: LeaseParams) -> Result<Assignment, StoreError> {
+        worker_field(&params.worker)?;
+        self.write(move |tx, now_ms| {
+            held(tx, &params.id, &params.worker)?;
+            tx.prepare_cached(
+                "UPDATE assignments SET status = 'waiting_confirmation', lease_expires_ms = NULL, updated_ms = ?2 \
+                 WHERE id = ?1",
+            )?
+            .execute(params![params.id, sql_int(now_ms)])?;
+            read_assignment(tx, &params.id)
+        })
+        .await
+    }
+
+    /// Returns a suspended assignment to `pending`, runnable now; the attempt it used is given
+    /// back, since the resumed run continues that attempt. Resuming one that is not suspended is a
+    /// conflict.
+    pub async fn resume_assignment(&self, id: String) -> Result<Assignment, StoreError> {
+        id_field("id", &id, "asg_")?;
+        let assignment = self
+            .write(move |tx, now_ms| {
+                let status: Option<String> = tx
+                    .prepare_cached("SELECT status FROM assignments WHERE id = ?1")?
+                    .query_row([&id], |row| row.get(0))
+                    .optional()?;
+                match status.as_deref() {
+                    None => return Err(StoreError::NotFound(format!("no assignment {id}"))),
+                    Some("waiting_confirmation") => {}
+                    Some(other) => {
+                        return Err(StoreError::Conflict(format!(
+                            "assignment {id} is {other}, not waiting_confirmation"
+                        )));
+                    }
+                }
+                tx.prepare_cached(
+                    "UPDATE assignments SET status = 'pending', worker = NULL, lease_expires_ms = NULL, \
+                     attempts = MAX(attempts - 1, 0), not_before_ms = ?2, updated_ms = ?2 WHERE id = ?1",
+                )?
+                .execute(params![id, sql_int(now_ms)])?;
+                read_assignment(tx, &id)
+            })
+            .await?;
+        self.work().notify_waiters();
+        Ok(assignment)
+    }
+
     /// Ends a claimed attempt that went wrong. `release`: back to pending after
     /// [`RELEASE_DELAY_MS`] and the attempt does not count. Else, with `retry` and attempts
     /// left: back to pending after [`backoff_ms`]. Else failed, with `system.agent_failure` in

@@ -518,6 +518,17 @@ method!(
 );
 
 method!(
+    /// Suspends claimed work while a human decides on an action it proposed: the lease is dropped
+    /// and the assignment waits in `waiting_confirmation` until `assignments.resume`.
+    AssignmentsSuspend, "assignments.suspend", LeaseParams, Assignment
+);
+
+method!(
+    /// Returns suspended work to `pending` (the attempt it used does not count again).
+    AssignmentsResume, "assignments.resume", IdParams, Assignment
+);
+
+method!(
     /// Marks claimed work failed: retried with backoff while attempts remain (unless `retry` is
     /// false), else `failed` plus `system.agent_failure`.
     AssignmentsFail, "assignments.fail", FailParams, Assignment

@@ -961,3 +961,43 @@ fn long_errors_are_cut_at_a_character_boundary() {
     assert!(long.starts_with(&cut));
     assert_eq!(error_text("short"), "short");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspended_work_keeps_no_lease_and_resumes_without_using_an_attempt() {
+    let test = open_test(|_| {});
+    let store = &test.store;
+    let id = assign_with(store, A, Lane::Ambient, |params| params.max_attempts = Some(1)).await;
+    claim(store, claim_params("w1")).await;
+    assert!(
+        store.suspend_assignment(lease(&id, "w2")).await.is_err(),
+        "only the holder suspends"
+    );
+    let suspended = store.suspend_assignment(lease(&id, "w1")).await.unwrap();
+    assert_eq!(suspended.status, AssignmentStatus::WaitingConfirmation);
+    assert_eq!(suspended.lease_expires_at, None);
+
+    // Neither the lease sweep nor a claim touches it while a human decides.
+    test.clock.advance(60_000);
+    assert_eq!(store.sweep_leases().await.unwrap(), SweepReport::default());
+    assert!(claim_ids(store, claim_params("w2")).await.is_empty());
+    assert!(matches!(
+        store.complete_assignment(lease(&id, "w1")).await,
+        Err(StoreError::Conflict(_))
+    ));
+
+    let resumed = store.resume_assignment(id.clone()).await.unwrap();
+    assert_eq!((resumed.status, resumed.attempts), (AssignmentStatus::Pending, 0));
+    assert!(matches!(
+        store.resume_assignment(id.clone()).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        store.resume_assignment("asg_01J00000000000000000000000".into()).await,
+        Err(StoreError::NotFound(_))
+    ));
+    let again = claim(store, claim_params("w2")).await;
+    assert_eq!(
+        (again[0].assignment.id.as_str(), again[0].assignment.attempts),
+        (id.as_str(), 1)
+    );
+}
