@@ -1,19 +1,16 @@
-//! The hand-off of proposed actions. Everything goes through one [`ActionGate`]; until the policy
-//! service exists, [`LocalGate`] carries out the harmless types itself — `emit_event` (a child of
-//! the triggering event, source `agent:<id>`), `log`, `set_knowledge`, `get_knowledge` — and
-//! records every other type as a proposal. The policy service will implement the same trait.
+//! The hand-off of proposed actions. Every action of a known, allowed type goes to the policy
+//! service (`actions.propose`), which decides, records, and has exec carry out what it allows. The
+//! answer is one of: carried out (its result goes back to the model), denied (the reason goes back),
+//! or waiting for a human (the run is suspended until the decision).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use aiventbus_proto::agents::{Agent, ProposedAction};
-use aiventbus_proto::event::{is_reserved, validate_topic};
-use aiventbus_proto::methods::{KeyParams, KnowledgeGet, KnowledgeSet, KnowledgeSetParams};
-use aiventbus_proto::{ErrorCode, Event, EventStatus, Priority};
-use aiventbus_rpc::ClientError;
+use aiventbus_proto::policy::{ActionStatus, ActionsPropose, AgentPolicy, ProposeParams};
+use aiventbus_proto::{Event, Method};
+use aiventbus_rpc::Client;
 use futures_util::future::BoxFuture;
-use serde_json::{Map, Value, json};
-
-use crate::bus::Bus;
+use serde_json::{Value, json};
 
 /// What the gate needs to know about the run proposing an action.
 pub struct ActionContext<'a> {
@@ -32,13 +29,27 @@ pub struct ActionContext<'a> {
 pub enum Outcome {
     /// Carried out now; the result goes back to the model.
     Executed {
+        /// The policy record (`act_…`), when policy answered.
+        action_id: Option<String>,
         /// Whether it worked.
         ok: bool,
         /// Its result, or `{error: {code?, message}}`.
         result: Value,
     },
-    /// Recorded as a proposal (in `agent.completed`) for the policy service and a human.
-    Proposed,
+    /// Refused; the reason goes back to the model.
+    Denied {
+        /// The policy record.
+        action_id: String,
+        /// The rule that refused it.
+        rule: String,
+        /// Why.
+        reason: String,
+    },
+    /// Waits for a human; the run is suspended until every such action is decided.
+    Waiting {
+        /// The policy record.
+        action_id: String,
+    },
 }
 
 /// Decides what happens to each proposed action of a known, allowed type.
@@ -47,170 +58,178 @@ pub trait ActionGate: Send + Sync {
     fn handle<'a>(&'a self, context: &'a ActionContext<'a>, action: &'a ProposedAction) -> BoxFuture<'a, Outcome>;
 }
 
-/// The gate used until the policy service exists.
-pub struct LocalGate {
-    bus: Bus,
-    logged: AtomicU64,
+/// The agent's settings policy weighs.
+pub fn agent_policy(agent: &Agent) -> AgentPolicy {
+    AgentPolicy {
+        id: agent.id.clone(),
+        reactive: agent.reactive,
+        allowed_actions: agent.allowed_actions.clone(),
+        trust: agent.trust.clone(),
+    }
 }
 
-impl LocalGate {
-    /// Over the shared bus client.
-    pub fn new(bus: Bus) -> LocalGate {
-        LocalGate {
-            bus,
-            logged: AtomicU64::new(0),
+/// Counters for `system.health`.
+#[derive(Debug, Default)]
+pub struct GateStats {
+    /// Actions carried out.
+    pub executed: AtomicU64,
+    /// Actions refused.
+    pub denied: AtomicU64,
+    /// Actions that went to a human.
+    pub waiting: AtomicU64,
+    /// Proposals policy could not be asked about.
+    pub unavailable: AtomicU64,
+}
+
+/// The gate: the policy service over its own client.
+pub struct PolicyGate {
+    policy: Client,
+    /// Counters.
+    pub stats: GateStats,
+}
+
+impl PolicyGate {
+    /// Over a client of `policy.sock`.
+    pub fn new(policy: Client) -> PolicyGate {
+        PolicyGate {
+            policy,
+            stats: GateStats::default(),
         }
     }
 
-    /// `log` actions carried out so far.
-    pub fn logged(&self) -> u64 {
-        self.logged.load(Ordering::Relaxed)
+    /// The policy client (resuming suspended runs reads action records through it).
+    pub fn client(&self) -> &Client {
+        &self.policy
     }
 }
 
-impl ActionGate for LocalGate {
+impl ActionGate for PolicyGate {
     fn handle<'a>(&'a self, context: &'a ActionContext<'a>, action: &'a ProposedAction) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
-            let params = &action.params;
-            let result = match action.action_type.as_str() {
-                "emit_event" => self.emit_event(context, params).await,
-                "log" => Ok(self.log(context, params)),
-                "set_knowledge" => self.set_knowledge(context, params).await,
-                "get_knowledge" => self.get_knowledge(params).await,
-                _ => return Outcome::Proposed,
+            let params = ProposeParams {
+                action_type: action.action_type.clone(),
+                params: action.params.clone(),
+                agent: agent_policy(context.agent),
+                event_id: context.event.id.clone(),
+                run_id: context.run_id.to_owned(),
+                assignment_id: context.assignment_id.to_owned(),
             };
-            match result {
-                Ok(result) => Outcome::Executed { ok: true, result },
-                Err(error) => Outcome::Executed {
-                    ok: false,
-                    result: json!({ "error": error }),
-                },
-            }
+            let answer = match self.policy.call::<ActionsPropose>(&params).await {
+                Ok(answer) => answer,
+                Err(error) => {
+                    self.stats.unavailable.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(run = context.run_id, action_type = %action.action_type, %error, "policy did not answer");
+                    let message = match error.rpc() {
+                        Some(rpc) => format!("{} failed: {}", ActionsPropose::NAME, rpc.message),
+                        None => format!("the policy service is unavailable ({error}); the action was not carried out"),
+                    };
+                    return Outcome::Executed {
+                        action_id: None,
+                        ok: false,
+                        result: json!({"error": {"message": message}}),
+                    };
+                }
+            };
+            let outcome = outcome_of(
+                answer.action_id,
+                answer.status,
+                answer.rule,
+                answer.reason,
+                answer.result,
+            );
+            let counter = match &outcome {
+                Outcome::Executed { .. } => &self.stats.executed,
+                Outcome::Denied { .. } => &self.stats.denied,
+                Outcome::Waiting { .. } => &self.stats.waiting,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            outcome
         })
     }
 }
 
-/// An action's failure as the model sees it: `{code?, message}`.
-fn failure(code: Option<i32>, message: impl Into<String>) -> Value {
-    let mut error = json!({ "message": message.into() });
-    if let Some(code) = code {
-        error["code"] = json!(code);
-    }
-    error
-}
-
-fn client_failure(error: ClientError) -> Value {
-    match error.rpc() {
-        Some(rpc) => failure(Some(rpc.code), rpc.message.clone()),
-        None => failure(None, error.to_string()),
-    }
-}
-
-fn text<'p>(params: &'p Map<String, Value>, name: &str) -> Result<&'p str, Value> {
-    params.get(name).and_then(Value::as_str).ok_or_else(|| {
-        failure(
-            Some(ErrorCode::InvalidParams.code()),
-            format!("{name}: a string is required"),
-        )
-    })
-}
-
-impl LocalGate {
-    async fn emit_event(&self, context: &ActionContext<'_>, params: &Map<String, Value>) -> Result<Value, Value> {
-        let invalid = |message: String| failure(Some(ErrorCode::InvalidParams.code()), message);
-        let topic = text(params, "topic")?;
-        validate_topic(topic).map_err(|problem| invalid(format!("topic: {problem}")))?;
-        // llm may publish there itself, so the reserved namespaces are refused here for agents.
-        if is_reserved(topic) {
-            return Err(invalid(format!(
-                "topic: {topic:?} is in a reserved namespace (system, agent, exec, action, request) that only the daemon's services publish to"
-            )));
+/// The outcome an action record in `status` stands for.
+pub fn outcome_of(
+    action_id: String,
+    status: ActionStatus,
+    rule: String,
+    reason: String,
+    result: Option<Value>,
+) -> Outcome {
+    match status {
+        ActionStatus::Succeeded | ActionStatus::Failed => Outcome::Executed {
+            action_id: Some(action_id),
+            ok: status == ActionStatus::Succeeded,
+            result: result.unwrap_or(Value::Null),
+        },
+        ActionStatus::Interrupted => Outcome::Executed {
+            action_id: Some(action_id),
+            ok: false,
+            result: json!({"error": {"message": "the executor stopped while this ran; it was not run again"}}),
+        },
+        ActionStatus::Denied | ActionStatus::Expired => Outcome::Denied {
+            action_id,
+            rule,
+            reason,
+        },
+        ActionStatus::WaitingConfirmation | ActionStatus::Approved | ActionStatus::Executing => {
+            Outcome::Waiting { action_id }
         }
-        let payload = match params.get("payload") {
-            None | Some(Value::Null) => Value::Object(Map::new()),
-            Some(Value::Object(payload)) => Value::Object(payload.clone()),
-            Some(_) => return Err(invalid("payload: must be a JSON object".into())),
-        };
-        let priority = match params.get("priority").and_then(Value::as_str) {
-            Some(text) => Some(Priority::parse(text).ok_or_else(|| invalid(format!("priority: unknown {text:?}")))?),
-            None => None,
-        };
-        let published = self
-            .bus
-            .client
-            .call::<aiventbus_proto::methods::Publish>(&aiventbus_proto::methods::PublishParams {
-                topic: topic.to_owned(),
-                payload: Some(payload),
-                priority,
-                source: Some(format!("agent:{}", context.agent.id)),
-                trace_id: Some(context.event.trace_id.clone()),
-                parent_event: Some(context.event.id.clone()),
-                correlation_id: Some(context.run_id.to_owned()),
-                ..Default::default()
-            })
-            .await
-            .map_err(client_failure)?;
-        if published.status == EventStatus::Failed {
-            return Err(failure(
-                None,
-                format!(
-                    "event {} was refused by a chain limit (depth or trace budget)",
-                    published.id
-                ),
-            ));
-        }
-        Ok(json!({"id": published.id, "seq": published.seq, "status": published.status.as_str()}))
     }
+}
 
-    fn log(&self, context: &ActionContext<'_>, params: &Map<String, Value>) -> Value {
-        let message = match params.get("message") {
-            Some(Value::String(message)) => message.clone(),
-            Some(other) => other.to_string(),
-            None => Value::Object(params.clone()).to_string(),
-        };
-        self.logged.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(
-            agent = %context.agent.id,
-            event = %context.event.id,
-            run = %context.run_id,
-            message = %crate::providers::truncate(&message, 2000),
-            "agent log"
-        );
-        json!({"logged": true})
-    }
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    async fn set_knowledge(&self, context: &ActionContext<'_>, params: &Map<String, Value>) -> Result<Value, Value> {
-        let key = text(params, "key")?;
-        let value = params
-            .get("value")
-            .cloned()
-            .ok_or_else(|| failure(Some(ErrorCode::InvalidParams.code()), "value: is required"))?;
-        let fact = self
-            .bus
-            .client
-            .call::<KnowledgeSet>(&KnowledgeSetParams {
-                key: key.to_owned(),
-                value,
-                source: Some(format!("agent:{}", context.agent.id)),
-            })
-            .await
-            .map_err(client_failure)?;
-        Ok(json!({"key": fact.key, "updated_at": fact.updated_at}))
-    }
-
-    async fn get_knowledge(&self, params: &Map<String, Value>) -> Result<Value, Value> {
-        let key = text(params, "key")?;
-        match self
-            .bus
-            .client
-            .call::<KnowledgeGet>(&KeyParams { key: key.to_owned() })
-            .await
-        {
-            Ok(fact) => Ok(json!({"key": fact.key, "found": true, "value": fact.value})),
-            Err(error) if error.rpc().is_some_and(|rpc| rpc.code == ErrorCode::NotFound.code()) => {
-                Ok(json!({"key": key, "found": false}))
+    #[test]
+    fn statuses_map_to_outcomes() {
+        let id = || "act_1".to_owned();
+        let rule = || "deny.sudo".to_owned();
+        let reason = || "sudo raises privileges".to_owned();
+        assert_eq!(
+            outcome_of(
+                id(),
+                ActionStatus::Succeeded,
+                rule(),
+                reason(),
+                Some(json!({"exit_code": 0}))
+            ),
+            Outcome::Executed {
+                action_id: Some(id()),
+                ok: true,
+                result: json!({"exit_code": 0})
             }
-            Err(error) => Err(client_failure(error)),
+        );
+        assert!(matches!(
+            outcome_of(id(), ActionStatus::Failed, rule(), reason(), None),
+            Outcome::Executed { ok: false, .. }
+        ));
+        assert!(matches!(
+            outcome_of(id(), ActionStatus::Interrupted, rule(), reason(), None),
+            Outcome::Executed { ok: false, .. }
+        ));
+        assert_eq!(
+            outcome_of(id(), ActionStatus::Denied, rule(), reason(), None),
+            Outcome::Denied {
+                action_id: id(),
+                rule: rule(),
+                reason: reason()
+            }
+        );
+        assert!(matches!(
+            outcome_of(id(), ActionStatus::Expired, rule(), reason(), None),
+            Outcome::Denied { .. }
+        ));
+        for waiting in [
+            ActionStatus::WaitingConfirmation,
+            ActionStatus::Approved,
+            ActionStatus::Executing,
+        ] {
+            assert_eq!(
+                outcome_of(id(), waiting, rule(), reason(), None),
+                Outcome::Waiting { action_id: id() }
+            );
         }
     }
 }

@@ -17,7 +17,7 @@ use aiventbus_proto::methods::{
 use aiventbus_rpc::{ClientError, Methods, RpcError};
 use serde_json::json;
 
-use crate::actions::LocalGate;
+use crate::actions::PolicyGate;
 use crate::agents::{AgentError, memory_scope};
 use crate::run::Shared;
 use crate::worker::Worker;
@@ -32,8 +32,8 @@ pub struct State {
     pub shared: Arc<Shared>,
     /// For its figures.
     pub worker: Arc<Worker>,
-    /// For the `log` count.
-    pub gate: Arc<LocalGate>,
+    /// For its counters.
+    pub gate: Arc<PolicyGate>,
 }
 
 /// The one place agent errors become wire errors.
@@ -156,7 +156,12 @@ pub fn methods(state: Arc<State>) -> Methods<State> {
             "runs_completed": stats.completed.load(Ordering::Relaxed),
             "runs_failed": stats.failed.load(Ordering::Relaxed),
             "runs_released": stats.released.load(Ordering::Relaxed),
-            "actions_logged": state.gate.logged(),
+            "runs_suspended": stats.suspended.load(Ordering::Relaxed),
+            "runs_resumed": stats.resumed.load(Ordering::Relaxed),
+            "actions_executed": state.gate.stats.executed.load(Ordering::Relaxed),
+            "actions_denied": state.gate.stats.denied.load(Ordering::Relaxed),
+            "actions_waiting": state.gate.stats.waiting.load(Ordering::Relaxed),
+            "policy_unavailable": state.gate.stats.unavailable.load(Ordering::Relaxed),
             "providers_up": state.shared.providers.values().filter(|provider| provider.is_up()).count(),
         });
         Ok(HealthResult {

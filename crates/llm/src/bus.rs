@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use aiventbus_proto::agents::{
-    Assignment, AssignmentsClaim, AssignmentsComplete, AssignmentsFail, AssignmentsHeartbeat, ClaimParams, ClaimResult,
-    FailParams, LeaseParams, LeaseResult,
+    Assignment, AssignmentsClaim, AssignmentsComplete, AssignmentsFail, AssignmentsHeartbeat, AssignmentsSuspend,
+    ClaimParams, ClaimResult, FailParams, LeaseParams, LeaseResult,
 };
 use aiventbus_proto::methods::{Publish, PublishParams, PublishResult};
 use aiventbus_proto::{Event, Method};
@@ -61,6 +61,16 @@ impl Bus {
             lease_ms: None,
         };
         retry(|| self.client.call::<AssignmentsComplete>(&params)).await
+    }
+
+    /// Suspends work until a human decides (retrying a lost reply).
+    pub async fn suspend(&self, id: &str, worker: &str) -> Result<Assignment, ClientError> {
+        let params = LeaseParams {
+            id: id.to_owned(),
+            worker: worker.to_owned(),
+            lease_ms: None,
+        };
+        retry(|| self.client.call::<AssignmentsSuspend>(&params)).await
     }
 
     /// Fails or releases work.

@@ -36,6 +36,14 @@ const MIGRATIONS: &[&str] = &[
      );
      CREATE INDEX runs_by_scope ON runs(memory_scope, started_ms);
      CREATE INDEX runs_by_start ON runs(started_ms);",
+    // 2: runs suspended while a human decides on their actions.
+    "CREATE TABLE suspended (
+        assignment_id TEXT PRIMARY KEY,
+        run_id TEXT NOT NULL,
+        action_ids TEXT NOT NULL,
+        state TEXT NOT NULL,
+        created_ms INTEGER NOT NULL
+     );",
 ];
 
 /// Why the database failed.

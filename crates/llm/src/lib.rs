@@ -19,6 +19,7 @@ pub mod output;
 pub mod providers;
 pub mod run;
 pub mod stream;
+pub mod suspend;
 pub mod transcript;
 pub mod worker;
 
@@ -32,11 +33,12 @@ use anyhow::Context as _;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
-use crate::actions::LocalGate;
+use crate::actions::PolicyGate;
 use crate::agents::Agents;
 use crate::bus::Bus;
 use crate::db::Db;
 use crate::run::{Shared, Stats};
+use crate::suspend::{Resumer, Suspensions};
 use crate::transcript::Transcripts;
 use crate::worker::Worker;
 
@@ -56,7 +58,10 @@ pub async fn run(ctx: Context) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("reading agents from {}", path.display()))?;
     let bus = Bus::new(Client::new(ctx.endpoint("bus")));
-    let gate = Arc::new(LocalGate::new(bus.clone()));
+    let policy = Client::new(ctx.endpoint("policy"));
+    let gate = Arc::new(PolicyGate::new(policy.clone()));
+    let suspensions = Suspensions::new(db.clone());
+    let resumer = Resumer::new(suspensions.clone(), policy, bus.client.clone());
     let worker_id = format!(
         "llm-{}-{}",
         std::process::id(),
@@ -69,6 +74,8 @@ pub async fn run(ctx: Context) -> anyhow::Result<()> {
         providers,
         transcripts: Transcripts::new(db),
         gate: gate.clone(),
+        suspensions,
+        resumer: resumer.clone(),
         worker: worker_id.clone(),
         stats: Stats::default(),
     });
@@ -81,6 +88,7 @@ pub async fn run(ctx: Context) -> anyhow::Result<()> {
             ctx.shutdown.clone(),
         ));
     }
+    tasks.spawn(resumer.run(ctx.shutdown.clone()));
     let worker = Worker::new(shared.clone(), generation, ctx.shutdown.clone());
     worker.start();
 

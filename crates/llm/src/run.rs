@@ -23,6 +23,7 @@ use crate::context;
 use crate::output;
 use crate::providers::{ChatMessage, ChatReply, ChatRequest, Provider, ProviderError, truncate};
 use crate::stream::{StreamIds, Streamer};
+use crate::suspend::{Resumer, Suspended, Suspensions};
 use crate::transcript::{RunFinish, RunStart, Transcripts};
 
 /// Characters of bad output kept in `system.parse_failure`.
@@ -44,6 +45,10 @@ pub struct Shared {
     pub transcripts: Transcripts,
     /// Where proposed actions go.
     pub gate: Arc<dyn ActionGate>,
+    /// Runs waiting for a human.
+    pub suspensions: Suspensions,
+    /// Returns them to the queue once decided.
+    pub resumer: Arc<Resumer>,
     /// This process's worker id.
     pub worker: String,
     /// Counters for `system.health`.
@@ -61,6 +66,10 @@ pub struct Stats {
     pub failed: AtomicU64,
     /// Runs released (provider down, stopping).
     pub released: AtomicU64,
+    /// Runs suspended until a human decides.
+    pub suspended: AtomicU64,
+    /// Suspended runs resumed.
+    pub resumed: AtomicU64,
 }
 
 /// How the worker settles the assignment.
@@ -80,21 +89,40 @@ pub enum Ending {
         /// Why.
         error: String,
     },
+    /// `assignments.suspend`: actions wait for a human; the conversation is saved.
+    Suspended {
+        /// The actions waited for.
+        action_ids: Vec<String>,
+    },
 }
 
 /// Why a run stopped short.
 enum Stop {
     Provider(ProviderError),
-    Parse { error: String, output: String },
-    Other { error: String, retry: bool },
+    Parse {
+        error: String,
+        output: String,
+    },
+    Other {
+        error: String,
+        retry: bool,
+    },
+    Suspend {
+        records: Vec<Record>,
+        results: Vec<Value>,
+        waiting: Vec<String>,
+    },
 }
 
 /// One action as `agent.completed` reports it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Record {
     round: u32,
     action: ProposedAction,
-    status: &'static str,
+    status: String,
+    #[serde(default)]
+    action_id: Option<String>,
+    #[serde(default)]
     result: Option<Value>,
 }
 
@@ -106,11 +134,40 @@ impl Record {
             "params": self.action.params,
             "status": self.status,
         });
+        if let Some(action_id) = &self.action_id {
+            value["action_id"] = json!(action_id);
+        }
         if let Some(result) = &self.result {
             value["result"] = result.clone();
         }
         value
     }
+}
+
+/// What one round's actions came to.
+#[derive(Default)]
+struct Round {
+    /// Results (and denials) to feed back to the model.
+    results: Vec<Value>,
+    /// Actions waiting for a human.
+    waiting: Vec<String>,
+}
+
+/// A suspended run being continued.
+struct Resumed {
+    records: Vec<Record>,
+    results: Vec<Value>,
+}
+
+fn results_message(results: Vec<Value>) -> ChatMessage {
+    ChatMessage::new(
+        "user",
+        format!(
+            "Results of your actions:\n{}\nAnswer again with the same JSON object. Propose further actions only if \
+             they are still needed; otherwise use \"proposed_actions\": [].",
+            Value::Array(results)
+        ),
+    )
 }
 
 /// What a finished run produced.
@@ -187,6 +244,99 @@ impl<'a> Run<'a> {
 
     /// Runs to the end and says how to settle the assignment.
     pub async fn execute(&mut self) -> Ending {
+        let resumed = match self.agent.kind {
+            AgentKind::Llm => self.resume().await,
+            AgentKind::Command => None,
+        };
+        if resumed.is_none() {
+            self.begin().await;
+        }
+        let streamer = Streamer::start(
+            self.shared.bus.clone(),
+            self.event.clone(),
+            StreamIds {
+                agent_id: self.agent.id.clone(),
+                assignment_id: self.assignment_id.clone(),
+                run_id: self.id.clone(),
+            },
+            self.shared.config.stream_coalesce,
+        );
+        let result = match self.agent.kind {
+            AgentKind::Llm => self.llm(streamer.sender(), resumed).await,
+            AgentKind::Command => self.command().await,
+        };
+        // Every chunk is published before the run's final event.
+        streamer.finish().await;
+        let ending = match result {
+            Ok(done) => self.completed(done).await,
+            Err(stop) => self.stopped(stop).await,
+        };
+        if !matches!(ending, Ending::Suspended { .. } | Ending::Released { .. })
+            && let Err(error) = self.shared.suspensions.remove(&self.assignment_id).await
+        {
+            tracing::warn!(run = %self.id, %error, "suspension record not removed");
+        }
+        ending
+    }
+
+    /// A saved suspension of this assignment whose actions are all decided: the run continues
+    /// with its id, conversation and counters, and the decisions as results.
+    async fn resume(&mut self) -> Option<Resumed> {
+        let saved = match self.shared.suspensions.get(&self.assignment_id).await {
+            Ok(saved) => saved?,
+            Err(error) => {
+                tracing::warn!(assignment = %self.assignment_id, %error, "cannot read the suspended run; starting over");
+                return None;
+            }
+        };
+        let decided = match self.shared.resumer.decided(&saved.waiting).await {
+            Ok(Some(decided)) => decided,
+            Ok(None) | Err(_) => {
+                // Claimed before every decision is final (resumed by hand?): start over cleanly.
+                tracing::warn!(assignment = %self.assignment_id, "suspended run claimed before its actions were decided");
+                return None;
+            }
+        };
+        let Suspended {
+            run_id,
+            messages,
+            rounds,
+            prompt_tokens,
+            completion_tokens,
+            records,
+            mut results,
+            ..
+        } = saved;
+        self.id = run_id;
+        self.messages = messages;
+        self.rounds = rounds;
+        self.prompt_tokens = prompt_tokens;
+        self.completion_tokens = completion_tokens;
+        let mut records: Vec<Record> = records
+            .into_iter()
+            .filter_map(|record| serde_json::from_value(record).ok())
+            .collect();
+        for record in &decided {
+            results.push(crate::suspend::result_of(record));
+            if let Some(entry) = records
+                .iter_mut()
+                .find(|entry| entry.action_id.as_deref() == Some(record.id.as_str()))
+            {
+                entry.status = record.status.as_str().to_owned();
+                entry.result = record.result.clone();
+            }
+        }
+        self.shared.stats.resumed.fetch_add(1, Ordering::Relaxed);
+        self.report(
+            "agent.resumed",
+            json!({"action_ids": decided.iter().map(|record| record.id.clone()).collect::<Vec<_>>()}),
+        )
+        .await;
+        Some(Resumed { records, results })
+    }
+
+    /// `agent.started` and the transcript row of a new run.
+    async fn begin(&mut self) {
         self.shared.stats.started.fetch_add(1, Ordering::Relaxed);
         self.report("agent.started", json!({})).await;
         let start = RunStart {
@@ -201,42 +351,43 @@ impl<'a> Run<'a> {
         if let Err(error) = self.shared.transcripts.start(start).await {
             tracing::warn!(run = %self.id, %error, "transcript not written");
         }
-        let streamer = Streamer::start(
-            self.shared.bus.clone(),
-            self.event.clone(),
-            StreamIds {
-                agent_id: self.agent.id.clone(),
-                assignment_id: self.assignment_id.clone(),
-                run_id: self.id.clone(),
-            },
-            self.shared.config.stream_coalesce,
-        );
-        let result = match self.agent.kind {
-            AgentKind::Llm => self.llm(streamer.sender()).await,
-            AgentKind::Command => self.command().await,
-        };
-        // Every chunk is published before the run's final event.
-        streamer.finish().await;
-        match result {
-            Ok(done) => self.completed(done).await,
-            Err(stop) => self.stopped(stop).await,
-        }
     }
 
-    async fn llm(&mut self, chunks: &tokio::sync::mpsc::Sender<String>) -> Result<Done, Stop> {
+    async fn llm(
+        &mut self,
+        chunks: &tokio::sync::mpsc::Sender<String>,
+        resumed: Option<Resumed>,
+    ) -> Result<Done, Stop> {
         let provider = self.provider()?;
         let allowed = context::allowed_actions(self.agent);
-        let scope = memory_scope(self.agent);
-        let sources = context::gather(&self.shared.bus.client, &self.shared.transcripts, &self.event, &scope).await;
-        let budgets = context::budgets(self.shared.config.context_tokens, self.token_budget);
-        self.messages = context::messages(self.agent, &allowed, &self.event, &sources, &budgets);
         let schema = output::schema(&allowed);
-        let mut records = Vec::new();
+        let mut records = match resumed {
+            Some(Resumed { records, results }) => {
+                self.messages.push(results_message(results));
+                records
+            }
+            None => {
+                let scope = memory_scope(self.agent);
+                let sources =
+                    context::gather(&self.shared.bus.client, &self.shared.transcripts, &self.event, &scope).await;
+                let budgets = context::budgets(self.shared.config.context_tokens, self.token_budget);
+                self.messages = context::messages(self.agent, &allowed, &self.event, &sources, &budgets);
+                Vec::new()
+            }
+        };
         let max = self.shared.config.max_iterations;
         loop {
             self.rounds += 1;
             let output = self.ask(&provider, &schema, chunks).await?;
-            let executed = self.actions(&output, &allowed, &mut records).await;
+            let Round { results, waiting } = self.actions(&output, &allowed, &mut records).await;
+            if !waiting.is_empty() {
+                return Err(Stop::Suspend {
+                    records,
+                    results,
+                    waiting,
+                });
+            }
+            let executed = results;
             if executed.is_empty() {
                 return Ok(Done { output, records });
             }
@@ -248,14 +399,7 @@ impl<'a> Run<'a> {
                 .await;
                 return Ok(Done { output, records });
             }
-            self.messages.push(ChatMessage::new(
-                "user",
-                format!(
-                    "Results of your actions:\n{}\nAnswer again with the same JSON object. Propose further actions only if \
-                     they are still needed; otherwise use \"proposed_actions\": [].",
-                    Value::Array(executed)
-                ),
-            ));
+            self.messages.push(results_message(executed));
         }
     }
 
@@ -334,13 +478,15 @@ impl<'a> Run<'a> {
         let output = output::parse_strict(&stdout).map_err(|error| Stop::Parse { error, output: stdout })?;
         let allowed = context::allowed_actions(self.agent);
         let mut records = Vec::new();
+        // A command agent answers once: nothing is fed back, so it does not wait for decisions.
         self.actions(&output, &allowed, &mut records).await;
         Ok(Done { output, records })
     }
 
-    /// Hands each proposed action to the gate; returns the results of those carried out.
-    async fn actions(&mut self, output: &AgentOutput, allowed: &[&str], records: &mut Vec<Record>) -> Vec<Value> {
-        let mut executed = Vec::new();
+    /// Hands each proposed action to the gate; returns the results to feed back and the actions
+    /// waiting for a human.
+    async fn actions(&mut self, output: &AgentOutput, allowed: &[&str], records: &mut Vec<Record>) -> Round {
+        let mut round = Round::default();
         let context = ActionContext {
             agent: self.agent,
             event: &self.event,
@@ -349,31 +495,53 @@ impl<'a> Run<'a> {
         };
         for action in &output.proposed_actions {
             let kind = action.action_type.as_str();
-            let (status, result) = if !ACTION_TYPES.contains(&kind) {
+            let (status, action_id, result) = if !ACTION_TYPES.contains(&kind) {
                 self.report("system.unknown_action", json!({"action_type": kind})).await;
-                ("unknown", None)
+                ("unknown", None, None)
             } else if !allowed.contains(&kind) {
                 let reason = format!("{kind} is not allowed for this agent");
                 self.report("system.action_denied", json!({"action_type": kind, "reason": reason}))
                     .await;
-                ("denied", Some(json!({"error": {"message": reason}})))
+                round
+                    .results
+                    .push(json!({"action_type": kind, "ok": false, "denied": {"by": "policy", "reason": reason}}));
+                ("denied", None, Some(json!({"error": {"message": reason}})))
             } else {
                 match self.shared.gate.handle(&context, action).await {
-                    Outcome::Executed { ok, result } => {
-                        executed.push(json!({"action_type": kind, "ok": ok, "result": result}));
-                        (if ok { "executed" } else { "failed" }, Some(result))
+                    Outcome::Executed { action_id, ok, result } => {
+                        round
+                            .results
+                            .push(json!({"action_type": kind, "action_id": action_id, "ok": ok, "result": result}));
+                        (if ok { "executed" } else { "failed" }, action_id, Some(result))
                     }
-                    Outcome::Proposed => ("proposed", None),
+                    Outcome::Denied {
+                        action_id,
+                        rule,
+                        reason,
+                    } => {
+                        round.results.push(json!({
+                            "action_type": kind,
+                            "action_id": action_id,
+                            "ok": false,
+                            "denied": {"by": "policy", "rule": rule, "reason": reason},
+                        }));
+                        ("denied", Some(action_id), Some(json!({"error": {"message": reason}})))
+                    }
+                    Outcome::Waiting { action_id } => {
+                        round.waiting.push(action_id.clone());
+                        ("waiting_confirmation", Some(action_id), None)
+                    }
                 }
             };
             records.push(Record {
                 round: self.rounds,
                 action: action.clone(),
-                status,
+                status: status.to_owned(),
+                action_id,
                 result,
             });
         }
-        executed
+        round
     }
 
     async fn completed(&self, done: Done) -> Ending {
@@ -503,9 +671,49 @@ impl<'a> Run<'a> {
                 )
             }
             Stop::Other { error, retry } => (Ending::Failed { error, retry }, "failed"),
+            Stop::Suspend {
+                records,
+                results,
+                waiting,
+            } => return self.suspend(records, results, waiting).await,
         };
         self.settle_failure(&ending, status).await;
         ending
+    }
+
+    /// Saves the conversation and reports `agent.waiting`; the worker suspends the assignment.
+    async fn suspend(&self, records: Vec<Record>, results: Vec<Value>, waiting: Vec<String>) -> Ending {
+        let state = Suspended {
+            run_id: self.id.clone(),
+            assignment_id: self.assignment_id.clone(),
+            messages: self.messages.clone(),
+            rounds: self.rounds,
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens: self.completion_tokens,
+            records: records
+                .iter()
+                .filter_map(|record| serde_json::to_value(record).ok())
+                .collect(),
+            results,
+            waiting: waiting.clone(),
+        };
+        if let Err(error) = self.shared.suspensions.save(&state).await {
+            // Without the saved conversation the run cannot continue later: fail it (retried).
+            let ending = Ending::Failed {
+                error: format!("could not save the suspended run: {error}"),
+                retry: true,
+            };
+            self.settle_failure(&ending, "failed").await;
+            return ending;
+        }
+        self.report("agent.waiting", json!({"action_ids": waiting})).await;
+        self.finish_transcript(RunFinish {
+            status: "suspended",
+            ..RunFinish::default()
+        })
+        .await;
+        self.shared.stats.suspended.fetch_add(1, Ordering::Relaxed);
+        Ending::Suspended { action_ids: waiting }
     }
 
     /// `agent.error` (for failures, not releases), the transcript and the counters.
@@ -521,11 +729,11 @@ impl<'a> Run<'a> {
                 tracing::info!(run = %self.id, agent = %self.agent.id, %error, "run released");
                 self.shared.stats.released.fetch_add(1, Ordering::Relaxed);
             }
-            Ending::Completed => {}
+            Ending::Completed | Ending::Suspended { .. } => {}
         }
         let error = match ending {
             Ending::Failed { error, .. } | Ending::Released { error } => Some(error.clone()),
-            Ending::Completed => None,
+            Ending::Completed | Ending::Suspended { .. } => None,
         };
         self.finish_transcript(RunFinish {
             status,

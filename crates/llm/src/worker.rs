@@ -336,6 +336,14 @@ impl Worker {
         };
         let result = match ending {
             Ending::Completed => self.shared.bus.complete(&id, &worker).await.map(drop),
+            Ending::Suspended { .. } => {
+                let suspended = self.shared.bus.suspend(&id, &worker).await.map(drop);
+                if suspended.is_ok() {
+                    // A decision that came before the suspension was recorded resumes it now.
+                    self.shared.resumer.check(&id).await;
+                }
+                suspended
+            }
             Ending::Failed { error, retry } => self
                 .shared
                 .bus
