@@ -1,0 +1,3 @@
+//! Criterion benchmarks of `decide`.
+
+fn main() {}
