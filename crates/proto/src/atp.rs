@@ -69,7 +69,8 @@ pub struct Subscribe {
     /// Topic patterns (default: everything the role may see).
     #[serde(default)]
     pub events: Vec<String>,
-    /// Replay from this seq (inclusive) before live events.
+    /// The last seq the client has seen: stored events after it are replayed, then live ones
+    /// follow with no gap and no duplicate (`0` replays everything; absent means live only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since_seq: Option<u64>,
 }
@@ -82,6 +83,14 @@ pub enum ServerFrame {
     Reply(Reply),
     /// An event of the subscription.
     Event(EventFrame),
+    /// A `subscribe` took effect (a refused one is answered by a failed `reply` with id null).
+    Subscribed {
+        /// The patterns now followed.
+        events: Vec<String>,
+        /// The first seq this subscription delivers.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        next_seq: Option<u64>,
+    },
     /// Answer to `ping`.
     Pong {
         /// As sent.
