@@ -100,6 +100,13 @@ pub struct GatewayConfig {
     pub allowed_origins: Vec<String>,
     /// Deadline of one HTTP request.
     pub request_timeout: Duration,
+    /// How often the gateway pings an ATP WebSocket.
+    pub atp_ping_interval: Duration,
+    /// An ATP connection that answers no ping for this long is closed.
+    pub atp_pong_timeout: Duration,
+    /// Frames waiting to be written to one ATP connection; a subscriber that lets it fill is cut
+    /// off (`closing` with `ELIMIT`, close code 1008).
+    pub atp_send_queue: usize,
 }
 
 impl Default for GatewayConfig {
@@ -112,6 +119,9 @@ impl Default for GatewayConfig {
             allowed_hosts: Vec::new(),
             allowed_origins: Vec::new(),
             request_timeout: Duration::from_secs(60),
+            atp_ping_interval: Duration::from_secs(20),
+            atp_pong_timeout: Duration::from_secs(40),
+            atp_send_queue: 1024,
         }
     }
 }
@@ -344,6 +354,9 @@ impl Config {
                 _ => problems.push(format!("{section}: unknown section")),
             }
         }
+        if config.gateway.atp_pong_timeout <= config.gateway.atp_ping_interval {
+            problems.push("gateway.atp_pong_timeout: must be longer than gateway.atp_ping_interval".into());
+        }
         if (config.gateway.tls_cert.is_some()) != (config.gateway.tls_key.is_some()) {
             problems.push("gateway.tls_cert: tls_cert and tls_key must be given together".into());
         }
@@ -434,6 +447,11 @@ impl Visitor<'_> {
                 "allowed_hosts" => self.set(key, value, &mut gateway.allowed_hosts, string_list),
                 "allowed_origins" => self.set(key, value, &mut gateway.allowed_origins, string_list),
                 "request_timeout" => self.set(key, value, &mut gateway.request_timeout, nonzero_duration),
+                "atp_ping_interval" => self.set(key, value, &mut gateway.atp_ping_interval, nonzero_duration),
+                "atp_pong_timeout" => self.set(key, value, &mut gateway.atp_pong_timeout, nonzero_duration),
+                "atp_send_queue" => self.set(key, value, &mut gateway.atp_send_queue, |v| {
+                    small(v, 1_000_000).map(|n| n as usize)
+                }),
                 _ => self.bad(key, "unknown key"),
             }
         }
