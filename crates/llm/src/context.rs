@@ -5,6 +5,7 @@
 //! is cut to its budget and never starves another.
 
 use aiventbus_proto::agents::{ACTION_TYPES, Agent, PASSIVE_ACTION_TYPES, Trust};
+use aiventbus_proto::exec::ToolInfo;
 use aiventbus_proto::methods::{
     Fact, FactsResult, Get, IdParams, KnowledgeList, KnowledgeListParams, MemoriesResult, Memory, MemorySearch,
     MemorySearchParams,
@@ -45,7 +46,14 @@ pub struct Sources {
     pub memories: Vec<Memory>,
     /// The agent's recent runs in its memory scope, newest first.
     pub recent_runs: Vec<RecentRun>,
+    /// The tools of the configured MCP servers (for `tool_call`).
+    pub tools: Vec<ToolInfo>,
 }
+
+/// Characters of a tool's argument schema shown in the prompt.
+const TOOL_SCHEMA_CHARS: usize = 600;
+/// Tools listed in the prompt at most.
+const MAX_TOOLS: usize = 50;
 
 /// The action types an agent may use: `allowed_actions` (all when absent), only the passive ones
 /// unless it is reactive, never one its trust map denies; in the order of `ACTION_TYPES`.
@@ -79,17 +87,17 @@ fn action_help(action: &str) -> &'static str {
         "file_read" => "file_read {path}: read a file",
         "file_write" => "file_write {path, content}: write a file",
         "file_delete" => "file_delete {path}: delete a file",
-        "open_app" => "open_app {app, args?}: open an application",
+        "open_app" => "open_app {target}: open a file or URL with the desktop's default application",
         "http_request" => "http_request {method, url, headers?, body?}: make an HTTP request",
         "set_knowledge" => "set_knowledge {key, value}: remember a durable fact",
         "get_knowledge" => "get_knowledge {key}: look up a durable fact (the value comes back next round)",
-        "tool_call" => "tool_call {tool, method, params}: call a tool",
+        "tool_call" => "tool_call {tool, method, params}: call a tool of a tool server (listed below)",
         _ => "",
     }
 }
 
 /// The system prompt: the agent's own, then the output contract.
-pub fn system_prompt(agent: &Agent, allowed: &[&str]) -> String {
+pub fn system_prompt(agent: &Agent, allowed: &[&str], tools: &[ToolInfo]) -> String {
     let own = agent
         .system_prompt
         .as_deref()
@@ -105,13 +113,29 @@ pub fn system_prompt(agent: &Agent, allowed: &[&str]) -> String {
     } else {
         prompt.push_str("Action types you may propose (use [] when none is needed):\n");
         for action in allowed {
+            if *action == "tool_call" && tools.is_empty() {
+                continue;
+            }
             prompt.push_str("- ");
             prompt.push_str(action_help(action));
             prompt.push('\n');
         }
+        if allowed.contains(&"tool_call") && !tools.is_empty() {
+            prompt
+                .push_str("Tools (tool_call \"tool\" is the server, \"method\" the tool, \"params\" its arguments):\n");
+            for tool in tools.iter().take(MAX_TOOLS) {
+                let schema = truncate(&tool.input_schema.to_string(), TOOL_SCHEMA_CHARS);
+                prompt.push_str(&format!(
+                    "- tool {:?}, method {:?}: {} arguments: {schema}\n",
+                    tool.server,
+                    tool.name,
+                    truncate(tool.description.trim(), 300)
+                ));
+            }
+        }
         prompt.push_str(
-            "Results of emit_event, log, set_knowledge and get_knowledge come back to you in the next message; \
-             other actions are proposals a person or the policy decides on.\n",
+            "Every action is checked by the daemon's policy: its result, or the reason it was refused, comes back \
+             to you in the next message; some actions wait for a person to approve them first.\n",
         );
     }
     prompt
@@ -320,6 +344,7 @@ pub async fn gather(bus: &Client, transcripts: &Transcripts, event: &Event, memo
     // The bus lists newest first; keep that order whatever the source.
     facts.sort_by(|a, b| b.updated_at.cmp(&a.updated_at));
     Sources {
+        tools: Vec::new(),
         context_refs,
         facts,
         memories,
@@ -336,7 +361,7 @@ pub fn messages(
     budgets: &ContextTokens,
 ) -> Vec<ChatMessage> {
     vec![
-        ChatMessage::new("system", system_prompt(agent, allowed)),
+        ChatMessage::new("system", system_prompt(agent, allowed, &sources.tools)),
         ChatMessage::new("user", user_prompt(event, sources, budgets)),
     ]
 }
@@ -444,12 +469,12 @@ pub(crate) mod tests {
         agent.trust.insert("log".into(), Trust::Deny);
         assert_eq!(allowed_actions(&agent), ["emit_event"]);
 
-        let prompt = system_prompt(&agent, &allowed_actions(&agent));
+        let prompt = system_prompt(&agent, &allowed_actions(&agent), &[]);
         assert!(prompt.starts_with("You help."));
         assert!(prompt.contains("emit_event {topic, payload}"));
         assert!(!prompt.contains("shell_exec"), "{prompt}");
         assert!(!prompt.contains("- log"), "{prompt}");
-        let none = system_prompt(&agent, &[]);
+        let none = system_prompt(&agent, &[], &[]);
         assert!(none.contains("You may not propose actions"));
     }
 
@@ -461,6 +486,7 @@ pub(crate) mod tests {
         let huge = "x".repeat(100_000);
         let event = event("user.query", json!({"text": huge}));
         let sources = Sources {
+            tools: Vec::new(),
             context_refs: vec![self::event("note.big", json!({"body": "y".repeat(50_000)}))],
             facts: (0..2000)
                 .map(|n| fact(&format!("fact.{n:04}"), json!("z".repeat(40))))
@@ -504,6 +530,7 @@ pub(crate) mod tests {
     #[test]
     fn a_single_oversized_fact_is_cut_not_dropped() {
         let sources = Sources {
+            tools: Vec::new(),
             facts: vec![fact("user.bio", json!("b".repeat(10_000)))],
             ..Sources::default()
         };

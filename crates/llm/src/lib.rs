@@ -20,6 +20,7 @@ pub mod providers;
 pub mod run;
 pub mod stream;
 pub mod suspend;
+pub mod tools;
 pub mod transcript;
 pub mod worker;
 
@@ -76,6 +77,7 @@ pub async fn run(ctx: Context) -> anyhow::Result<()> {
         gate: gate.clone(),
         suspensions,
         resumer: resumer.clone(),
+        tools: tools::Tools::new(Client::new(ctx.endpoint("exec"))),
         worker: worker_id.clone(),
         stats: Stats::default(),
     });

@@ -49,6 +49,8 @@ pub struct Shared {
     pub suspensions: Suspensions,
     /// Returns them to the queue once decided.
     pub resumer: Arc<Resumer>,
+    /// The MCP tools agents are shown.
+    pub tools: crate::tools::Tools,
     /// This process's worker id.
     pub worker: String,
     /// Counters for `system.health`.
@@ -368,8 +370,11 @@ impl<'a> Run<'a> {
             }
             None => {
                 let scope = memory_scope(self.agent);
-                let sources =
+                let mut sources =
                     context::gather(&self.shared.bus.client, &self.shared.transcripts, &self.event, &scope).await;
+                if allowed.contains(&"tool_call") {
+                    sources.tools = self.shared.tools.list().await;
+                }
                 let budgets = context::budgets(self.shared.config.context_tokens, self.token_budget);
                 self.messages = context::messages(self.agent, &allowed, &self.event, &sources, &budgets);
                 Vec::new()
