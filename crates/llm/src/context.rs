@@ -459,6 +459,31 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn tools_are_listed_only_when_tool_call_is_allowed_and_some_exist() {
+        let agent = agent();
+        let allowed = allowed_actions(&agent);
+        let none = system_prompt(&agent, &allowed, &[]);
+        assert!(!none.contains("tool_call {"), "no tools, no tool_call: {none}");
+        let tools = vec![ToolInfo {
+            server: "files".into(),
+            name: "search".into(),
+            description: "Finds files by name".into(),
+            input_schema: serde_json::json!({"type": "object", "properties": {"pattern": {"type": "string"}}}),
+        }];
+        let listed = system_prompt(&agent, &allowed, &tools);
+        assert!(listed.contains("tool_call {tool, method, params}"));
+        assert!(
+            listed.contains("tool \"files\", method \"search\": Finds files by name"),
+            "{listed}"
+        );
+        assert!(listed.contains("\"pattern\""));
+        let mut limited = agent.clone();
+        limited.allowed_actions = Some(vec!["log".into()]);
+        let without = system_prompt(&limited, &allowed_actions(&limited), &tools);
+        assert!(!without.contains("files"), "{without}");
+    }
+
+    #[test]
     fn allowed_actions_intersect_passive_and_trust() {
         let mut agent = agent();
         assert_eq!(allowed_actions(&agent).len(), ACTION_TYPES.len());
