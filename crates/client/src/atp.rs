@@ -541,6 +541,8 @@ mod tests {
     /// A scripted ATP gateway: checks the bearer token on the upgrade, answers `events.get` for
     /// `evt_1` and not-found otherwise, reports `bus.head` = 10, and on `subscribe` pushes events
     /// from `since_seq` (inclusive, so the client must drop the one it has seen) up to 12.
+    // The handshake callback's error type is tungstenite's HTTP response.
+    #[allow(clippy::result_large_err)]
     async fn fake_gateway() -> (String, tokio::task::JoinHandle<()>) {
         use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 
