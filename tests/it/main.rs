@@ -2,11 +2,13 @@
 //! `aibus`) in temporary directories and checks the product contract from outside.
 
 mod agents;
+mod approvals;
 mod assignments;
 mod auth;
 mod cli;
 mod durability;
 mod events;
+mod inbox;
 mod knowledge;
 mod lanes;
 mod protocol;
