@@ -7,6 +7,7 @@
 //! figures go in release notes, never in tests.
 
 mod agents;
+mod exec;
 mod latency;
 mod lifecycle;
 mod publish;
@@ -38,6 +39,8 @@ enum Phase {
     /// Agent runs: one llm run at a time against an instant scripted model (publish ->
     /// agent.completed), and command-agent runs per second under a burst.
     Agents,
+    /// The owner's `exec.run` of `/bin/true` through policy and exec, one at a time.
+    Exec,
 }
 
 /// Which `[bus] sync` settings the publish phase measures.
@@ -177,6 +180,7 @@ impl Plan {
                 Phase::Publish,
                 Phase::Latency,
                 Phase::Agents,
+                Phase::Exec,
             ]
         } else {
             cli.phase.clone()
@@ -303,6 +307,12 @@ fn run(cli: &Cli, plan: &Plan) -> anyhow::Result<()> {
 
     if plan.runs(Phase::Agents) {
         report.agents = Some(agents::run(&runtime, plan)?);
+    }
+
+    if plan.runs(Phase::Exec) {
+        progress("starting a daemon for the exec phase");
+        let daemon = Daemon::start().context("starting the daemon")?;
+        report.exec = Some(runtime.block_on(exec::run(&daemon, plan.agent_runs))?);
     }
 
     if cli.json {

@@ -24,6 +24,21 @@ pub struct Report {
     pub memory: Option<MemoryReport>,
     /// Agent runs through router and llm.
     pub agents: Option<AgentsReport>,
+    /// The owner's `exec.run` round trip through policy and exec.
+    pub exec: Option<ExecReport>,
+}
+
+/// `exec.run` of `/bin/true`, one at a time.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExecReport {
+    /// Runs measured.
+    pub runs: usize,
+    /// `exec.run` on api.sock until its `exec.finished` arrives.
+    pub round_trip_us: Quantiles,
+    /// The same program spawned straight from the tool.
+    pub direct_spawn_us: Quantiles,
+    /// The p50 target.
+    pub target_p50_us: u64,
 }
 
 /// The machine the figures come from.
@@ -360,6 +375,7 @@ impl Report {
             start: None,
             memory: None,
             agents: None,
+            exec: None,
         }
     }
 
@@ -503,6 +519,30 @@ impl Report {
             if let Some(after) = &memory.after_publish {
                 write_rss(out, "  after publish (sync normal)", after)?;
             }
+        }
+        if let Some(exec) = &self.exec {
+            writeln!(out)?;
+            writeln!(
+                out,
+                "exec: {} runs of `exec.run /bin/true` one at a time (api.sock -> gateway -> policy deny rules -> exec spawn), \
+                 until its exec.finished event",
+                exec.runs
+            )?;
+            let q = |q: &Quantiles| {
+                format!(
+                    "p50 {} us, p90 {} us, p99 {} us",
+                    q.p50.unwrap_or(0),
+                    q.p90.unwrap_or(0),
+                    q.p99.unwrap_or(0)
+                )
+            };
+            writeln!(
+                out,
+                "  round trip:   {} (target p50 <= {} us)",
+                q(&exec.round_trip_us),
+                exec.target_p50_us
+            )?;
+            writeln!(out, "  direct spawn: {}", q(&exec.direct_spawn_us))?;
         }
         if let Some(agents) = &self.agents {
             write_agents(out, agents)?;
