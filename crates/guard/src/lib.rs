@@ -96,7 +96,9 @@ impl Settings {
             let expanded = match paths::expand_home(root, home) {
                 Some(expanded) if expanded.is_absolute() => expanded,
                 _ => {
-                    problems.push(format!("file_roots: {root:?} is not absolute and does not start with ~/"));
+                    problems.push(format!(
+                        "file_roots: {root:?} is not absolute and does not start with ~/"
+                    ));
                     continue;
                 }
             };
@@ -161,7 +163,11 @@ impl Settings {
             trust,
             allow,
             deny,
-            builtin_allow: if config.builtin_allow { rules::builtin_allow() } else { Vec::new() },
+            builtin_allow: if config.builtin_allow {
+                rules::builtin_allow()
+            } else {
+                Vec::new()
+            },
         })
     }
 
