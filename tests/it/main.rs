@@ -4,8 +4,10 @@
 mod agents;
 mod approvals;
 mod assignments;
+mod atp;
 mod auth;
 mod cli;
+mod dashboard;
 mod durability;
 mod events;
 mod inbox;
