@@ -367,7 +367,18 @@ pub async fn version(context: &Context) -> anyhow::Result<()> {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         protocol: PROTOCOL_VERSION,
     };
-    let daemon = probe(&context.socket, Duration::from_secs(3)).await;
+    let daemon = match context.remote_url() {
+        None => probe(&context.socket, Duration::from_secs(3)).await,
+        Some(_) => tokio::time::timeout(Duration::from_secs(3), async {
+            context.connect().await?.version().await
+        })
+        .await
+        .unwrap_or(Err(ClientError::Timeout)),
+    };
+    let target = match context.daemon() {
+        crate::Daemon::Local(socket) => socket.display().to_string(),
+        crate::Daemon::Remote(url) => url.to_owned(),
+    };
     let mut out = io::stdout().lock();
     if context.json {
         let report = VersionReport {
@@ -383,14 +394,8 @@ pub async fn version(context: &Context) -> anyhow::Result<()> {
             output::one_line(&version.version),
             version.protocol
         )),
-        Err(ClientError::Unavailable(_)) => text.push_str(&format!(
-            "daemon: not running (no answer on {})\n",
-            context.socket.display()
-        )),
-        Err(error) => text.push_str(&format!(
-            "daemon: no version from {} ({error})\n",
-            context.socket.display()
-        )),
+        Err(ClientError::Unavailable(_)) => text.push_str(&format!("daemon: not running (no answer on {target})\n")),
+        Err(error) => text.push_str(&format!("daemon: no version from {target} ({error})\n")),
     }
     output::write_text(&mut out, &text)
 }

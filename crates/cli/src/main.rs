@@ -1,17 +1,22 @@
 //! `aibus`, the command-line client: parses the command line, runs one command against the daemon's
-//! public socket, and turns the outcome into an exit status (SPEC §13: 0 ok, 1 failure, 2 usage,
-//! 3 daemon not running).
+//! public socket (or, with `--url`, a gateway over ATP), and turns the outcome into an exit status
+//! (SPEC §13: 0 ok, 1 failure, 2 usage, 3 daemon not running; `aibus run` exits like its command).
 
+mod actions;
 mod agents;
 mod assignments;
 mod daemon;
 mod events;
 mod knowledge;
+mod mcp;
 mod memory;
 mod output;
 mod query;
+mod requests;
 mod rules;
+mod run;
 mod summary;
+mod users;
 
 use std::fmt;
 use std::io;
@@ -34,6 +39,18 @@ struct Cli {
     /// The daemon's public socket [default: api.sock in the runtime dir].
     #[arg(long, global = true, value_name = "PATH")]
     socket: Option<PathBuf>,
+    /// Talk to a remote gateway over ATP instead of the local socket (`http://HOST:PORT`).
+    #[arg(long, global = true, env = "AIVENTBUS_URL", value_name = "URL")]
+    url: Option<String>,
+    /// The API key for --url (from `aibus keys create`).
+    #[arg(
+        long,
+        global = true,
+        env = "AIVENTBUS_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -80,24 +97,139 @@ enum Command {
     Assignments(assignments::AssignmentsCommand),
     /// Ask the agents a question and stream the answer as it is written.
     Query(query::QueryArgs),
+    /// Run a command through policy and exec; exits with its code (125 when aibus fails).
+    Run(run::RunArgs),
+    /// Actions waiting for approval.
+    Pending,
+    /// Approve a waiting action so it runs.
+    Approve {
+        /// The action id (`act_…`).
+        id: String,
+    },
+    /// Deny a waiting action.
+    Deny {
+        /// The action id (`act_…`).
+        id: String,
+        /// Why, for the proposing agent.
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+    },
+    /// Action history, or one action with `actions show ID`.
+    Actions(actions::ActionsArgs),
+    /// Ask policy what it would decide: `policy explain -- CMD ARGS…`.
+    #[command(subcommand)]
+    Policy(actions::PolicyCommand),
+    /// Human-input requests from agent sessions: list, show, answer, dismiss.
+    #[command(subcommand)]
+    Requests(requests::RequestsCommand),
+    /// Agent sessions registered with the human-input hub.
+    Sessions(requests::SessionsArgs),
+    /// Users of the gateway: list, set-role, delete, set-password.
+    #[command(subcommand)]
+    Users(users::UsersCommand),
+    /// API keys: create (shown once), list, revoke.
+    #[command(subcommand)]
+    Keys(users::KeysCommand),
+    /// Print a one-time login link to the web dashboard.
+    Dashboard(users::DashboardArgs),
+    /// Serve MCP (Model Context Protocol) on stdio for AI coding agents.
+    Mcp,
     /// Show the client's and the daemon's versions.
     Version,
+}
+
+/// Where the daemon is: its local socket, or a gateway over ATP.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// `api.sock`.
+    Local(PathBuf),
+    /// A gateway's HTTP address and an API key.
+    Remote {
+        /// `http(s)://HOST:PORT`.
+        url: String,
+        /// The API key.
+        token: String,
+    },
+}
+
+impl Target {
+    /// Connects; a missing daemon surfaces as `ClientError::Unavailable` (exit 3).
+    pub async fn connect(&self) -> Result<Client, ClientError> {
+        match self {
+            Target::Local(socket) => Client::connect(socket).await,
+            Target::Remote { url, token } => Client::connect_remote(url, token).await,
+        }
+    }
 }
 
 /// What every command needs: where the daemon is and how to print.
 pub struct Context {
     /// Print JSON instead of text.
     pub json: bool,
-    /// The public socket to talk to.
+    /// The public socket (the local daemon's, also in remote mode).
     pub socket: PathBuf,
     /// The daemon's directories (pid file, logs).
     pub paths: Paths,
+    /// Where commands are sent.
+    pub target: Target,
 }
 
 impl Context {
     /// Connects to the daemon; a missing daemon surfaces as `ClientError::Unavailable` (exit 3).
     pub async fn connect(&self) -> Result<Client, ClientError> {
-        Client::connect(&self.socket).await
+        self.target.connect().await
+    }
+
+    /// The remote gateway's URL, in remote mode.
+    pub fn remote_url(&self) -> Option<&str> {
+        match &self.target {
+            Target::Local(_) => None,
+            Target::Remote { url, .. } => Some(url),
+        }
+    }
+
+    /// What to call the daemon in messages.
+    pub fn daemon(&self) -> Daemon<'_> {
+        match &self.target {
+            Target::Local(socket) => Daemon::Local(socket),
+            Target::Remote { url, .. } => Daemon::Remote(url),
+        }
+    }
+
+    /// Refuses a command that only makes sense on this machine when talking to a remote gateway.
+    pub fn local_only(&self, command: &str) -> Result<(), UsageError> {
+        match self.remote_url() {
+            Some(url) => Err(UsageError(format!(
+                "'aibus {command}' manages the daemon on this machine; it cannot run against --url {url}"
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The daemon as error messages name it.
+#[derive(Debug, Clone, Copy)]
+pub enum Daemon<'a> {
+    /// Through this socket.
+    Local(&'a Path),
+    /// Through the gateway at this URL.
+    Remote(&'a str),
+}
+
+/// Picks the target from the flags: `--url` needs `--token`.
+fn target(socket: PathBuf, url: Option<String>, token: Option<String>) -> Result<Target, UsageError> {
+    let Some(url) = url.filter(|url| !url.trim().is_empty()) else {
+        return Ok(Target::Local(socket));
+    };
+    aiventbus_client::atp::websocket_url(&url).map_err(|error| UsageError(format!("--url: {error}")))?;
+    match token.filter(|token| !token.trim().is_empty()) {
+        Some(token) => Ok(Target::Remote {
+            url,
+            token: token.trim().to_owned(),
+        }),
+        None => Err(UsageError(
+            "--url needs --token (or AIVENTBUS_TOKEN): an API key from 'aibus keys create USER'".into(),
+        )),
     }
 }
 
@@ -143,23 +275,41 @@ impl From<Exit> for ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let paths = Paths::from_env();
+    let socket = cli.socket.clone().unwrap_or_else(|| paths.api_socket());
+    let target = match target(socket.clone(), cli.url, cli.token) {
+        Ok(target) => target,
+        Err(error) => {
+            output::stderr_line(&render_error(&error.into(), &Daemon::Local(&socket)));
+            return Exit::Usage.into();
+        }
+    };
     let context = Context {
         json: cli.json,
-        socket: cli.socket.clone().unwrap_or_else(|| paths.api_socket()),
+        socket,
         paths,
+        target,
     };
+    if let Command::Run(args) = cli.command {
+        return ExitCode::from(run::main(&context, args));
+    }
     match run(cli.command, &context) {
         Ok(()) => Exit::Ok.into(),
         // The reader of our output went away (`aibus tail | head`): nothing left to tell anyone.
         Err(error) if is_broken_pipe(&error) => Exit::Ok.into(),
         Err(error) => {
-            output::stderr_line(&render_error(&error, &context.socket));
+            output::stderr_line(&render_error(&error, &context.daemon()));
             exit_status(&error).into()
         }
     }
 }
 
 fn run(command: Command, context: &Context) -> anyhow::Result<()> {
+    match &command {
+        Command::Up { .. } => context.local_only("up")?,
+        Command::Down => context.local_only("down")?,
+        Command::Logs(_) => context.local_only("logs")?,
+        _ => {}
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -180,6 +330,19 @@ fn run(command: Command, context: &Context) -> anyhow::Result<()> {
             Command::Rules(command) => rules::run(context, command).await,
             Command::Assignments(command) => assignments::run(context, command).await,
             Command::Query(args) => query::run(context, args).await,
+            // Handled before the runtime starts: it has exit statuses of its own.
+            Command::Run(_) => Ok(()),
+            Command::Pending => actions::pending(context).await,
+            Command::Approve { id } => actions::approve(context, &id).await,
+            Command::Deny { id, reason } => actions::deny(context, &id, reason.as_deref()).await,
+            Command::Actions(args) => actions::actions(context, args).await,
+            Command::Policy(command) => actions::policy(context, command).await,
+            Command::Requests(command) => requests::run(context, command).await,
+            Command::Sessions(args) => requests::sessions(context, args).await,
+            Command::Users(command) => users::users(context, command).await,
+            Command::Keys(command) => users::keys(context, command).await,
+            Command::Dashboard(args) => users::dashboard(context, args).await,
+            Command::Mcp => mcp::run(context).await,
             Command::Version => daemon::version(context).await,
         }
     })
@@ -213,7 +376,7 @@ fn client_exit_status(error: &ClientError) -> Exit {
 }
 
 /// The message printed to stderr for a failed command.
-fn render_error(error: &anyhow::Error, socket: &Path) -> String {
+pub fn render_error(error: &anyhow::Error, daemon: &Daemon<'_>) -> String {
     let mut contexts = Vec::new();
     for cause in error.chain() {
         if let Some(usage) = cause.downcast_ref::<UsageError>() {
@@ -224,10 +387,13 @@ fn render_error(error: &anyhow::Error, socket: &Path) -> String {
         }
         if let Some(client_error) = cause.downcast_ref::<ClientError>() {
             return match client_error {
-                ClientError::Unavailable(_) => format!(
-                    "aiventbus is not running (no answer on {}); start it with 'aibus up'",
-                    socket.display()
-                ),
+                ClientError::Unavailable(detail) => match daemon {
+                    Daemon::Local(socket) => format!(
+                        "aiventbus is not running (no answer on {}); start it with 'aibus up'",
+                        socket.display()
+                    ),
+                    Daemon::Remote(url) => format!("no answer from the aiventbus gateway at {url} ({detail})"),
+                },
                 ClientError::Rpc(answer) => {
                     contexts.push(format!(
                         "{} [{} ({})]",
@@ -336,16 +502,60 @@ mod tests {
         )))
         .context("events.get");
         assert_eq!(
-            render_error(&error, Path::new("/run/x/api.sock")),
+            render_error(&error, &Daemon::Local(Path::new("/run/x/api.sock"))),
             "error: events.get: no event evt_1 [not found (-32002)]"
         );
         let unreachable = anyhow::Error::new(ClientError::Unavailable("refused".into()));
         assert_eq!(
-            render_error(&unreachable, Path::new("/run/x/api.sock")),
+            render_error(&unreachable, &Daemon::Local(Path::new("/run/x/api.sock"))),
             "aiventbus is not running (no answer on /run/x/api.sock); start it with 'aibus up'"
         );
         let usage = anyhow::Error::new(UsageError("the payload must be a JSON object, not an array".into()));
-        assert!(render_error(&usage, Path::new("/s")).starts_with("error: the payload must be a JSON object"));
+        assert!(
+            render_error(&usage, &Daemon::Local(Path::new("/s")))
+                .starts_with("error: the payload must be a JSON object")
+        );
+    }
+
+    #[test]
+    fn url_needs_a_token_and_local_only_commands_say_so() {
+        let socket = PathBuf::from("/run/x/api.sock");
+        assert!(matches!(
+            target(socket.clone(), None, Some("aib_x".into())),
+            Ok(Target::Local(_))
+        ));
+        assert!(matches!(
+            target(socket.clone(), Some(" ".into()), None),
+            Ok(Target::Local(_))
+        ));
+        let missing = target(socket.clone(), Some("http://127.0.0.1:8420".into()), None).expect_err("no token");
+        assert!(missing.0.contains("--token"), "{missing}");
+        let bad = target(socket.clone(), Some("127.0.0.1:8420".into()), Some("k".into())).expect_err("no scheme");
+        assert!(bad.0.starts_with("--url: "), "{bad}");
+        let remote = target(
+            socket.clone(),
+            Some("http://127.0.0.1:8420".into()),
+            Some(" aib_k\n".into()),
+        )
+        .expect("remote");
+        assert!(matches!(&remote, Target::Remote { url, token } if url == "http://127.0.0.1:8420" && token == "aib_k"));
+        let context = Context {
+            json: false,
+            socket: socket.clone(),
+            paths: Paths::from_env(),
+            target: remote,
+        };
+        let refused = context.local_only("up").expect_err("remote");
+        assert!(
+            refused.0.contains("'aibus up'") && refused.0.contains("--url http://127.0.0.1:8420"),
+            "{refused}"
+        );
+        let error = anyhow::Error::new(ClientError::Unavailable("connection refused".into()));
+        assert_eq!(
+            render_error(&error, &context.daemon()),
+            "no answer from the aiventbus gateway at http://127.0.0.1:8420 (connection refused)"
+        );
+        assert_eq!(exit_status(&anyhow::Error::new(refused)), Exit::Usage);
     }
 
     #[test]

@@ -9,7 +9,6 @@ use std::time::Duration;
 use aiventbus_client::{Client, Error as ClientError, EventStream, StreamItem};
 use aiventbus_proto::agents::{QueryAsk, QueryParams, QueryResult};
 use aiventbus_proto::{ErrorCode, Event, Method};
-use aiventbus_rpc::Endpoint;
 use anyhow::Context as _;
 use clap::Args;
 use serde_json::{Map, Value};
@@ -56,9 +55,9 @@ pub async fn run(context: &Context, args: QueryArgs) -> anyhow::Result<()> {
         timeout_ms: args.timeout.map(|secs| secs.saturating_mul(1000)),
         trace_id: Some(trace_id.clone()),
     };
-    // The SDK client gives every call 30 s; a query may take minutes, so this one call goes
-    // through an rpc client with its own deadline.
-    let rpc = aiventbus_rpc::Client::connect(Endpoint::public(&context.socket)).await?;
+    // The SDK gives every call 30 s unless told otherwise; a query may take minutes, so this call
+    // gets its own deadline.
+    let rpc = context.connect().await?;
     let mut spinner = Spinner::new(io::stderr().is_terminal());
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
@@ -154,11 +153,7 @@ async fn subscribe(client: &Client) -> anyhow::Result<EventStream> {
     }
 }
 
-async fn ask(
-    rpc: &aiventbus_rpc::Client,
-    params: &QueryParams,
-    deadline: Duration,
-) -> Result<QueryResult, ClientError> {
+async fn ask(rpc: &Client, params: &QueryParams, deadline: Duration) -> Result<QueryResult, ClientError> {
     let raw = serde_json::value::to_raw_value(params).map_err(|error| ClientError::Protocol(error.to_string()))?;
     let answer = rpc.call_raw_with_timeout(QueryAsk::NAME, Some(raw), deadline).await?;
     serde_json::from_str(answer.get()).map_err(|error| ClientError::Protocol(format!("query.ask result: {error}")))
@@ -489,7 +484,7 @@ mod tests {
             ErrorCode::NotFound,
             "no agent takes user.query",
         )));
-        let text = crate::render_error(&none, std::path::Path::new("/s"));
+        let text = crate::render_error(&none, &crate::Daemon::Local(std::path::Path::new("/s")));
         assert!(text.contains("aibus agents create"), "{text}");
         assert!(text.contains("aibus rules create ask --topic 'user.**'"), "{text}");
         assert_eq!(crate::exit_status(&none), crate::Exit::Failure);
@@ -499,7 +494,7 @@ mod tests {
                 "event_id": "evt_q", "trace_id": "tr_q", "pending_actions": ["act_1", "act_2"]
             })),
         ));
-        let text = crate::render_error(&late, std::path::Path::new("/s"));
+        let text = crate::render_error(&late, &crate::Daemon::Local(std::path::Path::new("/s")));
         assert_eq!(
             text,
             "error: no answer within 30000 ms; the run waits for approval of act_1, act_2\n  \
@@ -515,7 +510,10 @@ mod tests {
             "the agent could not answer",
         )));
         assert_eq!(crate::exit_status(&failed), crate::Exit::Failure);
-        assert!(crate::render_error(&failed, std::path::Path::new("/s")).starts_with("error: query.ask: "));
+        assert!(
+            crate::render_error(&failed, &crate::Daemon::Local(std::path::Path::new("/s")))
+                .starts_with("error: query.ask: ")
+        );
     }
 
     #[test]
