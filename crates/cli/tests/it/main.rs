@@ -1,7 +1,8 @@
 //! `aibus` as a real process against a scripted stand-in for the daemon's public socket: checks
-//! what the agents, rules and query commands send, print and exit with, including that `query`
-//! prints the answer while it is still being generated. (The end-to-end tests against the real
-//! daemon live in the workspace's `tests/` package.)
+//! what the agents, rules, query, run and mcp commands send, print and exit with, including that
+//! `query` prints the answer while it is still being generated and that `run` passes the command's
+//! bytes and exit status through. (The end-to-end tests against the real daemon live in the
+//! workspace's `tests/` package.)
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -44,6 +45,8 @@ struct State {
     calls: Mutex<Vec<(String, Value)>>,
     subscribers: Mutex<Vec<mpsc::UnboundedSender<String>>>,
     release: Notify,
+    /// Told when exec.run arrives.
+    ran: Notify,
     seq: Mutex<u64>,
 }
 
@@ -63,6 +66,7 @@ impl Fake {
             calls: Mutex::new(Vec::new()),
             subscribers: Mutex::new(Vec::new()),
             release: Notify::new(),
+            ran: Notify::new(),
             seq: Mutex::new(0),
         });
         let accepting = state.clone();
@@ -123,6 +127,9 @@ async fn connection(stream: UnixStream, state: Arc<State>) {
             if method == "query.ask" {
                 follow_up(&state, &params).await;
             }
+            if method == "exec.run" {
+                run_script(&state, &params);
+            }
         });
     }
 }
@@ -135,10 +142,38 @@ async fn answer(
 ) -> Result<Value, Value> {
     match method {
         "events.subscribe" => {
-            assert_eq!(params["patterns"], json!(["agent.stream", "agent.completed"]));
+            let patterns = &params["patterns"];
+            assert!(
+                *patterns == json!(["agent.stream", "agent.completed"]) || *patterns == json!(["exec.*"]),
+                "{patterns}"
+            );
             state.subscribers.lock().expect("lock").push(lines.clone());
             Ok(json!({"subscription": "sub_1", "next_seq": 1}))
         }
+        "exec.run" => {
+            state.ran.notify_one();
+            if state.subscribers.lock().expect("lock").is_empty() {
+                return Err(json!({"code": -32603, "message": "ran before subscribing"}));
+            }
+            match params["argv"][0].as_str() {
+                Some("sudo") => Err(json!({"code": -32001,
+                    "message": "refused by policy (deny.privilege): sudo runs commands as another user"})),
+                _ => Ok(json!({"run_id": "run_1"})),
+            }
+        }
+        "exec.cancel" => {
+            publish(
+                state,
+                "exec.finished",
+                "tr_run",
+                json!({"run_id": "run_1", "exit_code": null, "signal": 15,
+                "duration_ms": 5, "truncated": false}),
+            );
+            Ok(json!({"cancelled": true}))
+        }
+        "events.publish" => Ok(json!({"id": "evt_p", "seq": 7, "trace_id": "tr_p", "status": "published"})),
+        "actions.pending" => Ok(json!({"actions": []})),
+        "requests.respond" => Err(json!({"code": -32003, "message": "req_1 is not pending"})),
         "agents.get" => match params["id"].as_str() {
             Some("helper") => Ok(agent("agt_helper", "helper")),
             _ => Err(json!({"code": -32002, "message": "no such agent"})),
@@ -211,6 +246,46 @@ async fn follow_up(state: &State, params: &Value) {
         "agent.completed",
         trace_id,
         json!({"event_id": "evt_q", "assignment_id": "asg_1", "summary": ""}),
+    );
+}
+
+/// After exec.run answered: a scripted run of `run_1`, with noise from another run in between.
+/// `sleep` never ends by itself (exec.cancel ends it); anything else prints and exits 3.
+fn run_script(state: &State, params: &Value) {
+    let output = |stream: &str, n: u64, data: (&str, &str)| {
+        let mut payload = json!({"run_id": "run_1", "stream": stream, "n": n});
+        payload[data.0] = Value::from(data.1);
+        payload
+    };
+    publish(
+        state,
+        "exec.started",
+        "tr_run",
+        json!({"run_id": "run_1", "pid": 4242, "argv": params["argv"]}),
+    );
+    publish(
+        state,
+        "exec.output",
+        "tr_other",
+        json!({"run_id": "run_other", "stream": "stdout", "n": 1, "data": "NOT OURS\n"}),
+    );
+    if params["argv"][0] == "sleep" {
+        return;
+    }
+    publish(state, "exec.output", "tr_run", output("stdout", 1, ("data", "out\n")));
+    publish(state, "exec.output", "tr_run", output("stderr", 2, ("data", "err\n")));
+    publish(
+        state,
+        "exec.output",
+        "tr_run",
+        output("stdout", 3, ("data_b64", "/w==")),
+    );
+    publish(
+        state,
+        "exec.finished",
+        "tr_run",
+        json!({"run_id": "run_1", "exit_code": 3, "signal": null,
+        "duration_ms": 5, "truncated": false}),
     );
 }
 
@@ -526,4 +601,225 @@ async fn agents_and_rules_send_what_the_flags_say() {
         "{}",
         finished.stderr
     );
+}
+
+fn idle() -> QueryScript {
+    QueryScript::Answer {
+        summary: "",
+        response: json!({}),
+    }
+}
+
+#[tokio::test]
+async fn run_passes_bytes_and_the_exit_code_through() {
+    let fake = Fake::start(idle()).await;
+    let output = tokio::time::timeout(
+        DEADLINE,
+        aibus(
+            &fake.socket,
+            &[
+                "run",
+                "--timeout",
+                "5s",
+                "--",
+                "sh",
+                "-c",
+                "echo out; echo err >&2; printf '\\377'; exit 3",
+            ],
+        )
+        .output(),
+    )
+    .await
+    .expect("aibus finishes")
+    .expect("aibus runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "{stderr}");
+    assert_eq!(output.stdout, b"out\n\xff", "{stderr}");
+    assert_eq!(stderr, "err\n");
+    let sent = &fake.calls("exec.run")[0];
+    assert_eq!(
+        sent["argv"],
+        json!(["sh", "-c", "echo out; echo err >&2; printf '\\377'; exit 3"])
+    );
+    assert_eq!(sent["timeout_ms"], 5000);
+    assert_eq!(
+        sent["cwd"].as_str(),
+        std::env::current_dir().expect("cwd").to_str(),
+        "the command runs where aibus runs"
+    );
+    assert_eq!(sent["env"]["PATH"].as_str(), std::env::var("PATH").ok().as_deref());
+    assert!(sent.get("stdin").is_none(), "an empty stdin is not sent: {sent}");
+
+    let output = aibus(&fake.socket, &["run", "--no-env", "--", "true"])
+        .output()
+        .await
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(3));
+    assert!(fake.calls("exec.run")[1].get("env").is_none());
+}
+
+#[tokio::test]
+async fn run_refused_by_policy_exits_125_with_the_reason() {
+    let fake = Fake::start(idle()).await;
+    let finished = run(&fake.socket, &["run", "--", "sudo", "true"]).await;
+    assert_eq!(finished.code, Some(125));
+    assert!(
+        finished.stderr.contains("sudo runs commands as another user"),
+        "{}",
+        finished.stderr
+    );
+    assert_eq!(finished.stdout, "");
+
+    // No daemon: 125 as well (aibus failed, not the command), saying so.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let finished = run(&dir.path().join("api.sock"), &["run", "--", "true"]).await;
+    assert_eq!(finished.code, Some(125));
+    assert!(finished.stderr.contains("not running"), "{}", finished.stderr);
+}
+
+#[tokio::test]
+async fn ctrl_c_cancels_the_run() {
+    let fake = Fake::start(idle()).await;
+    let mut child = aibus(&fake.socket, &["run", "--", "sleep", "30"])
+        .spawn()
+        .expect("spawn");
+    // SIGINT once the run exists (aibus handles it from before it calls exec.run).
+    tokio::time::timeout(DEADLINE, fake.state.ran.notified())
+        .await
+        .expect("exec.run comes");
+    let pid = nix::unistd::Pid::from_raw(child.id().expect("pid") as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
+    let status = tokio::time::timeout(DEADLINE, child.wait())
+        .await
+        .expect("exits")
+        .expect("wait");
+    assert_eq!(status.code(), Some(128 + 15));
+    assert_eq!(fake.calls("exec.cancel"), vec![json!({"run_id": "run_1"})]);
+}
+
+/// One JSON-RPC exchange with `aibus mcp` over its stdio.
+struct Mcp {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    stdout: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Mcp {
+    fn start(socket: &Path) -> Mcp {
+        let mut command = aibus(socket, &["mcp"]);
+        command.stdin(Stdio::piped());
+        let mut child = command.spawn().expect("spawn aibus mcp");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        Mcp { child, stdin, stdout }
+    }
+
+    async fn send(&mut self, message: Value) {
+        self.stdin
+            .write_all(format!("{message}\n").as_bytes())
+            .await
+            .expect("write");
+    }
+
+    async fn request(&mut self, id: u64, method: &str, params: Value) -> Value {
+        self.send(json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))
+            .await;
+        loop {
+            let line = tokio::time::timeout(DEADLINE, self.stdout.next_line())
+                .await
+                .expect("an answer in time")
+                .expect("read")
+                .expect("stdout open");
+            let message: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+            if message["id"] == id {
+                return message;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn mcp_lists_the_tools_and_calls_the_daemon() {
+    let fake = Fake::start(idle()).await;
+    let mut mcp = Mcp::start(&fake.socket);
+    let init = mcp
+        .request(
+            1,
+            "initialize",
+            json!({"protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "test", "version": "1"}}),
+        )
+        .await;
+    assert_eq!(init["result"]["serverInfo"]["name"], "aibus", "{init}");
+    assert!(init["result"]["capabilities"]["tools"].is_object(), "{init}");
+    mcp.send(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+        .await;
+
+    let listed = mcp.request(2, "tools/list", json!({})).await;
+    let names: Vec<&str> = listed["result"]["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .filter_map(|tool| tool["name"].as_str())
+        .collect();
+    for tool in [
+        "publish_event",
+        "query",
+        "list_pending_actions",
+        "approve_action",
+        "deny_action",
+        "register_session",
+        "create_request",
+        "list_requests",
+        "answer_request",
+        "dismiss_request",
+        "poll_inbox",
+        "ack_inbox",
+    ] {
+        assert!(names.contains(&tool), "{tool} missing from {names:?}");
+    }
+
+    let published = mcp
+        .request(
+            3,
+            "tools/call",
+            json!({"name": "publish_event", "arguments": {"topic": "demo.mcp", "payload": {"a": 1}}}),
+        )
+        .await;
+    assert_eq!(published["result"]["isError"], false, "{published}");
+    let text = published["result"]["content"][0]["text"].as_str().expect("text");
+    assert_eq!(serde_json::from_str::<Value>(text).expect("JSON")["seq"], 7);
+    assert_eq!(
+        fake.calls("events.publish"),
+        vec![json!({"topic": "demo.mcp", "payload": {"a": 1}})]
+    );
+
+    // A daemon error is a tool error carrying its message, not a protocol error.
+    let refused = mcp
+        .request(
+            4,
+            "tools/call",
+            json!({"name": "answer_request", "arguments": {"id": "req_1", "response_text": "y"}}),
+        )
+        .await;
+    assert_eq!(refused["result"]["isError"], true, "{refused}");
+    assert!(
+        refused["result"]["content"][0]["text"]
+            .as_str()
+            .expect("text")
+            .contains("req_1 is not pending")
+    );
+    // A missing argument never reaches the daemon.
+    let missing = mcp
+        .request(5, "tools/call", json!({"name": "approve_action", "arguments": {}}))
+        .await;
+    assert_eq!(missing["result"]["isError"], true, "{missing}");
+    assert!(fake.calls("actions.approve").is_empty());
+
+    drop(mcp.stdin);
+    let status = tokio::time::timeout(DEADLINE, mcp.child.wait())
+        .await
+        .expect("exits")
+        .expect("wait");
+    assert!(status.success(), "{status}");
 }
