@@ -1,5 +1,8 @@
-//! The public methods of `api.sock` and where each one goes. Events, topics, knowledge and memory
-//! belong to the bus, services to init; `system.status` is assembled here from both;
+//! The public method table: `api.sock` serves it directly, and the HTTP and ATP faces call the
+//! same table (through [`crate::app::App::call`]), so the three never drift apart. Events, topics,
+//! knowledge and memory belong to the bus, services to init, agents to llm, rules to the router,
+//! actions, sessions, requests and inbox to policy, process runs to exec; users, API keys, secrets
+//! and the dashboard link to the gateway itself. `system.status` is assembled here;
 //! `system.version` is answered here.
 
 use std::collections::{BTreeMap, HashMap};
@@ -10,7 +13,7 @@ use aiventbus_proto::methods::{
     self, KnowledgeSetParams, MemoryAddParams, NoParams, ServiceInfo, ServicesResult, Status, StatusResult,
     SubscribeResult, UnsubscribeParams, UnsubscribeResult, Version, VersionResult,
 };
-use aiventbus_proto::{ErrorCode, Method, PROTOCOL_VERSION, agents};
+use aiventbus_proto::{ErrorCode, Method, PROTOCOL_VERSION, agents, auth, exec, policy};
 use aiventbus_rpc::error::parse_params;
 use aiventbus_rpc::server::{Peer, Pending, Reply};
 use aiventbus_rpc::{Client, ClientError, Methods, RpcError};
@@ -18,6 +21,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
+
+use crate::auth::AuthStore;
+use crate::secrets::SecretStore;
 
 /// Subscriptions one connection may hold at once.
 const MAX_SUBSCRIPTIONS_PER_CONNECTION: usize = 64;
@@ -34,18 +40,68 @@ pub struct Upstreams {
     pub llm: Client,
     /// The router (rules).
     pub router: Client,
+    /// The policy service (actions, sessions, requests, inbox, the owner's commands).
+    pub policy: Client,
+    /// The exec service (process runs).
+    pub exec: Client,
 }
 
-struct State {
+/// What the gateway keeps itself, for the methods it answers.
+pub struct Local {
+    /// Users, API keys, sessions.
+    pub auth: Arc<AuthStore>,
+    /// Encrypted secrets.
+    pub secrets: Arc<SecretStore>,
+    /// `http://127.0.0.1:8420`: where the dashboard's one-time link points.
+    pub base_url: String,
+}
+
+/// The method table's shared state.
+pub struct State {
     upstreams: Arc<Upstreams>,
+    local: Local,
     /// Open forwarded subscriptions by (connection, subscription id).
     subscriptions: Mutex<HashMap<(u64, String), CancellationToken>>,
 }
 
+/// Forwarded to policy as they are.
+const POLICY_METHODS: [&str; 13] = [
+    policy::ActionsGet::NAME,
+    policy::ActionsPending::NAME,
+    policy::ActionsHistory::NAME,
+    policy::SessionsRegister::NAME,
+    policy::SessionsHeartbeat::NAME,
+    policy::SessionsSetState::NAME,
+    policy::SessionsList::NAME,
+    policy::RequestsCreate::NAME,
+    policy::RequestsGet::NAME,
+    policy::RequestsList::NAME,
+    policy::InboxAck::NAME,
+    // Long polls get their own deadline (see `inbox_poll`); listed here for the docs' sake.
+    policy::InboxPoll::NAME,
+    policy::PolicyExplain::NAME,
+];
+
+/// Methods of the producers service, which does not run yet: the routes exist and answer -32005.
+pub const PRODUCER_METHODS: [&str; 6] = [
+    "producers.list",
+    "producers.enable",
+    "producers.disable",
+    "cron.list",
+    "cron.add",
+    "cron.remove",
+];
+
+/// The door a call came through, as recorded in decisions: `api.sock`, `http` or `atp`.
+pub fn door(peer: &Peer) -> &'static str {
+    if peer.via == Peer::SOCKET { "api.sock" } else { peer.via }
+}
+
 /// The public method table.
-pub fn methods(upstreams: Arc<Upstreams>) -> Methods<impl Send + Sync + 'static> {
+pub fn methods(upstreams: Arc<Upstreams>, local: Local) -> Methods<State> {
     let state = Arc::new(State {
         upstreams,
+        local,
         subscriptions: Mutex::new(HashMap::new()),
     });
     let mut table = Methods::new(state);
@@ -124,6 +180,68 @@ pub fn methods(upstreams: Arc<Upstreams>) -> Methods<impl Send + Sync + 'static>
             crate::query::ask(&state.upstreams, source, params).await
         },
     );
+    for name in POLICY_METHODS {
+        if name == policy::InboxPoll::NAME || name == policy::PolicyExplain::NAME {
+            continue;
+        }
+        table.add_raw(name, move |state: Arc<State>, _peer, params| {
+            Box::pin(async move { forward(&state.upstreams.policy, name, params).await })
+        });
+    }
+    table.add_raw(policy::InboxPoll::NAME, inbox_poll);
+    table.add::<policy::PolicyExplain, _, _>(|state: Arc<State>, _peer, params| explain(state, params));
+    table.add_raw(
+        policy::ActionsApprove::NAME,
+        forward_decided::<policy::DecideParams>(policy::ActionsApprove::NAME, |params, by, via| {
+            params.decided_by = Some(by);
+            params.via = Some(via.to_owned());
+        }),
+    );
+    table.add_raw(
+        policy::ActionsDeny::NAME,
+        forward_decided::<policy::DecideParams>(policy::ActionsDeny::NAME, |params, by, via| {
+            params.decided_by = Some(by);
+            params.via = Some(via.to_owned());
+        }),
+    );
+    table.add_raw(
+        policy::ActionsDenyPending::NAME,
+        forward_decided::<policy::DenyPendingParams>(policy::ActionsDenyPending::NAME, |params, by, via| {
+            params.decided_by = Some(by);
+            params.via = Some(via.to_owned());
+        }),
+    );
+    table.add_raw(
+        policy::RequestsRespond::NAME,
+        forward_decided::<policy::RespondParams>(policy::RequestsRespond::NAME, |params, by, _| {
+            params.decided_by = Some(by);
+        }),
+    );
+    table.add_raw(
+        policy::RequestsDismiss::NAME,
+        forward_decided::<policy::DismissParams>(policy::RequestsDismiss::NAME, |params, by, _| {
+            params.decided_by = Some(by);
+        }),
+    );
+    table.add_raw(
+        exec::ExecRun::NAME,
+        forward_decided::<exec::RunParams>(exec::ExecRun::NAME, |params, by, _| {
+            params.requested_by = Some(by);
+        }),
+    );
+    for name in [exec::ExecGet::NAME, exec::ExecCancel::NAME] {
+        table.add_raw(name, move |state: Arc<State>, _peer, params| {
+            Box::pin(async move { forward(&state.upstreams.exec, name, params).await })
+        });
+    }
+    for name in PRODUCER_METHODS {
+        table.add_raw(name, |_, _, _| {
+            Box::pin(std::future::ready(Err(RpcError::unavailable(
+                "the producers service is not running",
+            ))))
+        });
+    }
+    add_local(&mut table);
     table.add::<Version, _, _>(|_, _, _: NoParams| async {
         Ok(VersionResult {
             version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -194,6 +312,126 @@ where
         });
         Box::pin(async move { forward(&state.upstreams.bus, method, Some(prepared?)).await })
     }
+}
+
+/// A handler forwarding `method` with the caller filled in by `fill` (`user:<name>` and the door),
+/// replacing whatever the client sent there. Approvals, denials and answers record who decided.
+fn forward_decided<P>(
+    method: &'static str,
+    fill: fn(&mut P, String, &'static str),
+) -> impl Fn(Arc<State>, Arc<Peer>, Option<Box<RawValue>>) -> Pending + Send + Sync + 'static
+where
+    P: DeserializeOwned + Serialize + 'static,
+{
+    move |state, peer, params| {
+        let prepared = parse_params::<P>(params.as_deref()).and_then(|mut params| {
+            fill(&mut params, peer.subject.clone(), door(&peer));
+            serde_json::value::to_raw_value(&params).map_err(RpcError::internal)
+        });
+        Box::pin(async move { forward(&state.upstreams.policy, method, Some(prepared?)).await })
+    }
+}
+
+/// `inbox.poll` waits up to its `timeout_ms` (≤ 120 s) on policy: the call gets that long plus a
+/// margin instead of the client's default deadline.
+fn inbox_poll(state: Arc<State>, _peer: Arc<Peer>, params: Option<Box<RawValue>>) -> Pending {
+    let parsed = parse_params::<policy::PollParams>(params.as_deref());
+    Box::pin(async move {
+        let poll = parsed?;
+        let wait = std::time::Duration::from_millis(poll.timeout_ms.min(120_000)) + std::time::Duration::from_secs(10);
+        let policy = &state.upstreams.policy;
+        policy
+            .call_raw_with_timeout(policy::InboxPoll::NAME, params, wait)
+            .await
+            .map(Reply::Value)
+            .map_err(|error| upstream_error(policy, error))
+    })
+}
+
+/// `policy.explain`: with an `agent_id`, the agent's settings come from llm so policy weighs the
+/// same `reactive`, `allowed_actions` and `trust` it would for a real run.
+async fn explain(state: Arc<State>, mut params: policy::ExplainParams) -> Result<policy::Explanation, RpcError> {
+    if let Some(agent_id) = params.agent_id.clone() {
+        let llm = &state.upstreams.llm;
+        let agent = llm
+            .call::<agents::AgentsGet>(&methods::IdParams { id: agent_id })
+            .await
+            .map_err(|error| upstream_error(llm, error))?;
+        params.agent = Some(policy::AgentPolicy {
+            id: agent.id,
+            reactive: agent.reactive,
+            allowed_actions: agent.allowed_actions,
+            trust: agent.trust,
+        });
+    } else if params.agent.is_some() {
+        return Err(RpcError::invalid_params(
+            "agent: filled in from agent_id; name the agent by agent_id",
+        ));
+    }
+    let policy = &state.upstreams.policy;
+    policy
+        .call::<policy::PolicyExplain>(&params)
+        .await
+        .map_err(|error| upstream_error(policy, error))
+}
+
+/// The methods the gateway answers from its own store.
+fn add_local(table: &mut Methods<State>) {
+    table.add::<auth::KeysCreate, _, _>(|state: Arc<State>, _peer, params: auth::KeyCreateParams| async move {
+        Ok(state.local.auth.create_key(&params.user, params.role, params.label)?)
+    });
+    table.add::<auth::KeysList, _, _>(|state: Arc<State>, _peer, params: auth::KeysListParams| async move {
+        Ok(auth::KeysResult {
+            keys: state.local.auth.keys(params.user.as_deref()),
+        })
+    });
+    table.add::<auth::KeysRevoke, _, _>(|state: Arc<State>, _peer, params: auth::KeyRef| async move {
+        Ok(auth::RevokedResult {
+            revoked: state.local.auth.revoke_key(&params.key_id)?,
+        })
+    });
+    table.add::<auth::UsersList, _, _>(|state: Arc<State>, _peer, _: NoParams| async move {
+        Ok(auth::UsersResult {
+            users: state.local.auth.users(),
+        })
+    });
+    table.add::<auth::UsersSetRole, _, _>(|state: Arc<State>, _peer, params: auth::SetRoleParams| async move {
+        Ok(state.local.auth.set_role(&params.user, params.role)?)
+    });
+    table.add::<auth::UsersDelete, _, _>(|state: Arc<State>, _peer, params: auth::UserRef| async move {
+        Ok(methods::DeleteResult {
+            deleted: state.local.auth.delete_user(&params.user)?,
+        })
+    });
+    table.add::<auth::UsersSetPassword, _, _>(|state: Arc<State>, _peer, params: auth::SetPasswordParams| async move {
+        // argon2id takes tens of milliseconds: off the runtime's threads.
+        let auth = state.local.auth.clone();
+        tokio::task::spawn_blocking(move || auth.set_password(&params.user, &params.password))
+            .await
+            .map_err(RpcError::internal)?
+            .map_err(RpcError::from)
+    });
+    table.add::<auth::SecretsSet, _, _>(|state: Arc<State>, _peer, params: auth::SecretSetParams| async move {
+        Ok(state.local.secrets.set(&params.name, &params.value)?)
+    });
+    table.add::<auth::SecretsList, _, _>(|state: Arc<State>, _peer, _: NoParams| async move {
+        Ok(auth::SecretsResult {
+            secrets: state.local.secrets.list()?,
+        })
+    });
+    table.add::<auth::SecretsDelete, _, _>(|state: Arc<State>, _peer, params: auth::SecretRef| async move {
+        Ok(methods::DeleteResult {
+            deleted: state.local.secrets.delete(&params.name)?,
+        })
+    });
+    table.add::<auth::DashboardLink, _, _>(|state: Arc<State>, peer: Arc<Peer>, _: NoParams| async move {
+        let user = peer.subject.strip_prefix("user:").unwrap_or(&peer.subject).to_owned();
+        let (code, expires_at_ms) = state.local.auth.mint_code(&user)?;
+        Ok(auth::DashboardLinkResult {
+            url: format!("{}/login?code={code}", state.local.base_url),
+            expires_at: aiventbus_rpc::time::rfc3339_ms(expires_at_ms),
+        })
+    });
 }
 
 /// Publishes for a local client: the source follows [`client_source`], and an id is chosen here

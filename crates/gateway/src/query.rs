@@ -1,12 +1,14 @@
 //! `query.ask`: publishes `user.query` for the caller and answers with the final response of the
 //! first agent run of that event. It fails at once (-32002) when no rule sends `user.query` to an
-//! agent, and with -32007 when no answer arrives in time.
+//! agent, and with -32007 when no answer arrives in time (naming the trace's actions that wait for
+//! approval, if any).
 
 use std::time::Duration;
 
 use aiventbus_proto::agents::{QueryParams, QueryResult, RuleMatchParams, RulesMatch, RulesResult};
 use aiventbus_proto::event::validate_prefixed_id;
 use aiventbus_proto::methods::{Publish, PublishParams, PublishResult, Subscribe, SubscribeParams};
+use aiventbus_proto::policy::{ActionsListParams, ActionsPending, ActionsResult};
 use aiventbus_proto::{ErrorCode, Event, Method};
 use aiventbus_rpc::{Notice, RpcError};
 
@@ -83,14 +85,20 @@ pub async fn ask(upstreams: &Upstreams, source: String, params: QueryParams) -> 
         let notice = match tokio::time::timeout_at(deadline, subscription.next()).await {
             Ok(notice) => notice,
             Err(_) => {
-                return Err(RpcError::new(
-                    ErrorCode::Expired,
-                    format!("no answer within {} ms", timeout.as_millis()),
-                )
-                .with_data(serde_json::json!({
+                let pending = pending_actions(upstreams, &published.trace_id).await;
+                let message = if pending.is_empty() {
+                    format!("no answer within {} ms", timeout.as_millis())
+                } else {
+                    format!(
+                        "no answer within {} ms: the run waits for approval of {}",
+                        timeout.as_millis(),
+                        pending.join(", ")
+                    )
+                };
+                return Err(RpcError::new(ErrorCode::Expired, message).with_data(serde_json::json!({
                     "event_id": published.id,
                     "trace_id": published.trace_id,
-                    "pending_actions": [],
+                    "pending_actions": pending,
                 })));
             }
         };
@@ -144,6 +152,26 @@ pub async fn ask(upstreams: &Upstreams, source: String, params: QueryParams) -> 
             ),
         );
     }
+}
+
+/// Ids of the trace's actions waiting for a human (empty when policy does not answer quickly).
+async fn pending_actions(upstreams: &Upstreams, trace_id: &str) -> Vec<String> {
+    let params = ActionsListParams {
+        trace_id: Some(trace_id.to_owned()),
+        ..ActionsListParams::default()
+    };
+    let Ok(params) = serde_json::value::to_raw_value(&params) else {
+        return Vec::new();
+    };
+    let answer = upstreams
+        .policy
+        .call_raw_with_timeout(ActionsPending::NAME, Some(params), Duration::from_secs(2))
+        .await;
+    answer
+        .ok()
+        .and_then(|raw| serde_json::from_str::<ActionsResult>(raw.get()).ok())
+        .map(|result| result.actions.into_iter().map(|action| action.id).collect())
+        .unwrap_or_default()
 }
 
 async fn follow(upstreams: &Upstreams, from_seq: Option<u64>) -> Result<aiventbus_rpc::Subscription, RpcError> {

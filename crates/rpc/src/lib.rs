@@ -1,6 +1,6 @@
 //! The plumbing every aiventbus process shares: line-framed JSON-RPC over Unix sockets (server and
 //! reconnecting client), capability tokens, credentials, paths, the config file, readiness
-//! notification, shutdown signals and logging.
+//! notification, request metrics, shutdown signals and logging.
 
 pub mod client;
 pub mod codec;
@@ -8,6 +8,7 @@ pub mod config;
 pub mod creds;
 pub mod error;
 pub mod ids;
+pub mod metrics;
 pub mod notify;
 pub mod paths;
 pub mod server;

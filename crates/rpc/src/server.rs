@@ -2,7 +2,8 @@
 //! JSON-RPC (single messages and batches), authenticates the connection (a capability token via
 //! `auth.hello`, or the peer's uid on the public socket), checks each method against the token's
 //! scope, dispatches to a [`Handler`], and writes replies and subscription notifications through
-//! one bounded outbound queue per connection.
+//! one bounded outbound queue per connection. Every answered request is counted per method
+//! ([`crate::metrics`]); `system.metrics` is answered here for every service.
 //!
 //! Ordering: a handler's synchronous part runs in arrival order on the connection's task, and only
 //! the future it returns runs concurrently. Pipelined publishes therefore reach the bus's commit
@@ -125,6 +126,9 @@ pub struct Peer {
     pub uid: Option<u32>,
     /// The verified token, on internal sockets.
     pub claims: Option<Claims>,
+    /// The door the call came through: [`Peer::SOCKET`] for connections of this server; peers
+    /// made by [`Peer::in_process`] name their own (`http`, `atp`).
+    pub via: &'static str,
     outbound: mpsc::Sender<Bytes>,
     closed: CancellationToken,
     input_closed: CancellationToken,
@@ -136,6 +140,28 @@ pub struct Peer {
 pub struct Closed;
 
 impl Peer {
+    /// [`Peer::via`] of connections accepted by [`serve`].
+    pub const SOCKET: &'static str = "socket";
+
+    /// A peer for calls dispatched in-process rather than read from a socket (the gateway's HTTP
+    /// and WebSocket faces call the same method table as its socket). Lines sent to it are
+    /// dropped: such callers cannot receive notifications, so subscribing methods must not be
+    /// dispatched through it. `closed` ends whatever the call waits on.
+    pub fn in_process(subject: String, via: &'static str, closed: CancellationToken) -> Arc<Peer> {
+        // A channel whose receiver is gone: every send fails with `Closed` at once.
+        let (outbound, _) = mpsc::channel(1);
+        Arc::new(Peer {
+            connection_id: CONNECTION_IDS.fetch_add(1, Ordering::Relaxed),
+            subject,
+            uid: None,
+            claims: None,
+            via,
+            outbound,
+            input_closed: closed.child_token(),
+            closed,
+        })
+    }
+
     /// Queues a line (a notification) for writing, waiting for room.
     pub async fn send_line(&self, line: String) -> Result<(), Closed> {
         let mut bytes = line.into_bytes();
@@ -293,7 +319,9 @@ pub async fn serve(
         let connection = Connection::new(id, handler.clone(), options.clone(), shutdown.child_token());
         tracker.spawn(
             async move {
+                crate::metrics::global().connection_opened();
                 connection.run(stream).await;
+                crate::metrics::global().connection_closed();
                 drop(permit);
             }
             .instrument(span),
@@ -362,6 +390,7 @@ impl Connection {
                         subject: format!("user:{}", user_name(uid)),
                         uid: Some(uid),
                         claims: None,
+                        via: Peer::SOCKET,
                         outbound: outbound.clone(),
                         closed: self.closed.clone(),
                         input_closed: self.input_closed.clone(),
@@ -447,8 +476,8 @@ impl Connection {
             self.handle_batch(&line, permit, outbound);
             return;
         }
-        let (id, dispatched) = match self.parse_and_dispatch(&line) {
-            Ok(pair) => pair,
+        let (id, method, dispatched) = match self.parse_and_dispatch(&line) {
+            Ok(parts) => parts,
             Err((id, error)) => {
                 send_now(outbound, encode_error(id.as_deref(), &error), permit);
                 return;
@@ -459,6 +488,7 @@ impl Connection {
         let subscriptions = self.subscriptions.clone();
         tokio::spawn(async move {
             let result = settle(dispatched, timeout).await;
+            record(&method, &result);
             if let Some(id) = id {
                 let (line, task) = encode_reply(&id, result);
                 if outbound.send(line_bytes(line)).await.is_ok()
@@ -493,8 +523,12 @@ impl Connection {
         let mut parts = Vec::with_capacity(items.len());
         for item in &items {
             match self.parse_and_dispatch(item.get().as_bytes()) {
-                Ok((id, dispatched)) => {
-                    let handle = tokio::spawn(settle(dispatched, timeout));
+                Ok((id, method, dispatched)) => {
+                    let handle = tokio::spawn(async move {
+                        let result = settle(dispatched, timeout).await;
+                        record(&method, &result);
+                        result
+                    });
                     parts.push((id, Ok(handle)));
                 }
                 Err((id, error)) => parts.push((Some(id.unwrap_or_else(null_id)), Err(error))),
@@ -533,7 +567,7 @@ impl Connection {
     fn parse_and_dispatch(
         &mut self,
         bytes: &[u8],
-    ) -> Result<(Option<Box<RawValue>>, Dispatched), (Option<Box<RawValue>>, ErrorObject)> {
+    ) -> Result<(Option<Box<RawValue>>, String, Dispatched), (Option<Box<RawValue>>, ErrorObject)> {
         let request: Request = match serde_json::from_slice(bytes) {
             Ok(request) => request,
             Err(error) if error.is_syntax() || error.is_eof() => {
@@ -559,7 +593,7 @@ impl Connection {
         }
         tracing::trace!(method = %request.method, "request");
         let dispatched = self.dispatch(&request.method, request.params);
-        Ok((request.id, dispatched))
+        Ok((request.id, request.method, dispatched))
     }
 
     fn dispatch(&mut self, method: &str, params: Option<Box<RawValue>>) -> Dispatched {
@@ -580,6 +614,12 @@ impl Connection {
                     "method {method:?} is outside this token's scope"
                 ))));
             }
+        }
+        if method == crate::metrics::SystemMetrics::NAME {
+            return Dispatched::Now(Reply::json(&crate::metrics::MetricsResult {
+                service: self.options.service.clone(),
+                text: crate::metrics::global().render(&self.options.service),
+            }));
         }
         Dispatched::Later(self.handler.call(peer, method, params))
     }
@@ -618,6 +658,7 @@ impl Connection {
             subject: claims.subject.clone(),
             uid: None,
             claims: Some(claims),
+            via: Peer::SOCKET,
             outbound,
             closed: self.closed.clone(),
             input_closed: self.input_closed.clone(),
@@ -658,6 +699,11 @@ async fn settle(dispatched: Dispatched, timeout: Duration) -> Result<Reply, RpcE
             Err(_) => Err(RpcError::new(ErrorCode::Expired, "request timed out")),
         },
     }
+}
+
+/// Counts an answered request in the process's metrics.
+fn record(method: &str, result: &Result<Reply, RpcError>) {
+    crate::metrics::global().record(method, result.as_ref().err().map(RpcError::code));
 }
 
 fn encode_reply(id: &RawValue, result: Result<Reply, RpcError>) -> (String, Option<BoxFuture<()>>) {
