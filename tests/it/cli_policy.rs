@@ -167,8 +167,8 @@ async fn toucher(client: &Client, dir: &Path) -> String {
         "#!/bin/sh\nfile=$(cat | sed -n 's/.*\"file\":\"\\([^\"]*\\)\".*/\\1/p')\n\
          printf '{\"type\":\"action\",\"summary\":\"touching\",\"proposed_actions\":[{\"action_type\":\"shell_exec\",\"argv\":[\"touch\",\"%s\"]}]}\\n' \"$file\"\n",
     )
-    .unwrap();
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    .expect("write the agent script");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod the agent script");
     let id = client
         .call::<AgentsCreate>(&AgentSpec {
             name: Some("toucher".into()),
