@@ -216,7 +216,7 @@ pub fn find_identical_waiting(
 ) -> Result<Option<ActionRecord>, StoreError> {
     let sql = format!(
         "SELECT {COLUMNS} FROM actions WHERE agent_id = ?1 AND status = 'waiting_confirmation'
-           AND action_type = ?2 AND canonical = ?3 ORDER BY created_ms LIMIT 1"
+           AND action_type = ?2 AND canonical = ?3 ORDER BY created_ms, rowid LIMIT 1"
     );
     Ok(query(connection, &sql, &[&agent_id, &action_type, &canonical])?
         .into_iter()
@@ -375,7 +375,7 @@ pub fn deny_pending(
     let ids: Vec<String> = {
         let mut statement = tx.prepare(
             "SELECT id FROM actions WHERE status = 'waiting_confirmation' AND (?1 IS NULL OR agent_id = ?1)
-             ORDER BY created_ms",
+             ORDER BY created_ms, rowid",
         )?;
         let rows = statement.query_map([agent_id], |row| row.get(0))?;
         rows.collect::<Result<_, _>>()?
@@ -394,7 +394,7 @@ pub fn deny_pending(
 pub fn expire_due(connection: &mut Connection, now: u64) -> Result<Vec<ActionRecord>, StoreError> {
     let tx = connection.transaction()?;
     let sql = format!(
-        "SELECT {COLUMNS} FROM actions WHERE status = 'waiting_confirmation' AND expires_ms <= ?1 ORDER BY expires_ms"
+        "SELECT {COLUMNS} FROM actions WHERE status = 'waiting_confirmation' AND expires_ms <= ?1 ORDER BY expires_ms, rowid"
     );
     let due = query(&tx, &sql, &[&ms(now)])?;
     let mut expired = Vec::with_capacity(due.len());
@@ -423,7 +423,7 @@ pub fn next_expiry(connection: &Connection) -> Result<Option<u64>, StoreError> {
 
 /// Actions in `status`, oldest first (startup recovery).
 pub fn in_status(connection: &Connection, status: ActionStatus) -> Result<Vec<ActionRecord>, StoreError> {
-    let sql = format!("SELECT {COLUMNS} FROM actions WHERE status = ?1 ORDER BY created_ms");
+    let sql = format!("SELECT {COLUMNS} FROM actions WHERE status = ?1 ORDER BY created_ms, rowid");
     query(connection, &sql, &[&status.as_str()])
 }
 
@@ -444,7 +444,7 @@ pub fn list(
     let sql = format!(
         "SELECT {COLUMNS} FROM actions
          WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR agent_id = ?2) AND (?3 IS NULL OR trace_id = ?3)
-         ORDER BY created_ms {order}, id {order} LIMIT ?4"
+         ORDER BY created_ms {order}, rowid {order} LIMIT ?4"
     );
     query(
         connection,

@@ -213,7 +213,7 @@ pub fn set_state(connection: &Connection, id: &str, state: SessionState, now: u6
 
 /// Every session, newest first.
 pub fn list_sessions(connection: &Connection) -> Result<Vec<SessionRow>, StoreError> {
-    let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions s ORDER BY s.created_ms DESC, s.id DESC");
+    let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions s ORDER BY s.created_ms DESC, s.rowid DESC");
     let mut statement = connection.prepare_cached(&sql)?;
     let rows = statement.query_map([], session_row)?;
     let mut sessions = Vec::new();
@@ -321,7 +321,7 @@ pub fn list_requests(connection: &Connection, filter: &RequestsListParams) -> Re
     let limit = filter.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
     let sql = format!(
         "SELECT {REQUEST_COLUMNS} FROM requests WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR session_id = ?2)
-         ORDER BY created_ms, id LIMIT ?3"
+         ORDER BY created_ms, rowid LIMIT ?3"
     );
     let mut statement = connection.prepare_cached(&sql)?;
     let status = filter.status.map(request_status_word);
@@ -548,7 +548,7 @@ pub fn take_messages(connection: &mut Connection, session_id: &str, now: u64) ->
     let rows: Vec<(String, String, String, i64)> = {
         let mut statement = tx.prepare_cached(
             "SELECT id, kind, payload, created_ms FROM messages WHERE session_id = ?1 AND status != 'acked'
-             ORDER BY created_ms, id LIMIT ?2",
+             ORDER BY created_ms, rowid LIMIT ?2",
         )?;
         let rows = statement.query_map(params![session_id, MAX_POLL_MESSAGES], |row| {
             Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))

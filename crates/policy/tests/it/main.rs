@@ -470,7 +470,8 @@ async fn an_untrusted_ancestor_makes_an_allowed_command_wait() {
     assert!(get(&llm, &tainted.action_id).await.tainted);
     assert!(harness.exec.data().executes.is_empty());
 
-    let trusted = propose(&llm, &proposal("agt_a", &clean, "shell_exec", json!({"argv": ["ls"]}))).await;
+    // (Another agent: the same proposal of agt_a would collapse into the waiting one.)
+    let trusted = propose(&llm, &proposal("agt_b", &clean, "shell_exec", json!({"argv": ["ls"]}))).await;
     assert_eq!(trusted.status, ActionStatus::Succeeded, "{trusted:?}");
     assert!(!get(&llm, &trusted.action_id).await.tainted);
 }
