@@ -456,6 +456,29 @@ async fn a_created_key_works_remotely() {
     let nowhere = aibus(&daemon, &["--url", "http://127.0.0.1:9", "--token", &token, "events"]);
     assert_eq!(nowhere.status.code(), Some(3), "{}", describe(&nowhere));
 
+    // An admin's key runs commands remotely: the call and the exec.* stream both go over ATP.
+    let admin = json_stdout(&aibus(
+        &daemon,
+        &["keys", "create", "remote-admin", "--role", "admin", "--json"],
+    ));
+    let admin_token = admin["key"].as_str().expect("the key").to_owned();
+    let ran = aibus(
+        &daemon,
+        &[
+            "--url",
+            &base,
+            "--token",
+            &admin_token,
+            "run",
+            "--",
+            "sh",
+            "-c",
+            "echo remote; exit 4",
+        ],
+    );
+    assert_eq!(ran.status.code(), Some(4), "{}", describe(&ran));
+    assert_eq!(String::from_utf8_lossy(&ran.stdout), "remote\n", "{}", describe(&ran));
+
     let keys = json_stdout(&aibus(&daemon, &["keys", "list", "--json"]));
     let key_id = key["key_id"].as_str().expect("key id");
     assert!(
