@@ -216,9 +216,11 @@ impl Listening {
     }
 
     /// The base URL clients on this machine use: `http://127.0.0.1:8420` (the loopback address
-    /// when bound to every interface).
+    /// when bound to every interface; `localhost` under TLS, the name a certificate carries).
     pub fn base_url(&self) -> String {
+        // A certificate names hosts, not loopback addresses.
         let host = match self.addr.ip() {
+            ip if self.tls && (ip.is_loopback() || ip.is_unspecified()) => "localhost".to_owned(),
             IpAddr::V4(ip) if ip.is_unspecified() => "127.0.0.1".to_owned(),
             IpAddr::V6(ip) if ip.is_unspecified() => "[::1]".to_owned(),
             IpAddr::V4(ip) => ip.to_string(),
@@ -783,7 +785,9 @@ mod tests {
             .base_url()
         };
         assert_eq!(url("127.0.0.1:8420", false), "http://127.0.0.1:8420");
-        assert_eq!(url("0.0.0.0:443", true), "https://127.0.0.1:443");
+        assert_eq!(url("0.0.0.0:443", true), "https://localhost:443");
+        assert_eq!(url("127.0.0.1:8420", true), "https://localhost:8420");
+        assert_eq!(url("192.168.1.5:443", true), "https://192.168.1.5:443");
         assert_eq!(url("[::]:80", false), "http://[::1]:80");
     }
 }

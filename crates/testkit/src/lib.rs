@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use aiventbus_client::{Client, StreamItem};
 use aiventbus_proto::Event;
+use aiventbus_proto::auth::{KeyCreateParams, KeyCreated, KeysCreate, Role};
 use aiventbus_rpc::paths::Paths;
 use anyhow::{Context, bail};
 use nix::sys::signal::{Signal, kill, killpg};
@@ -65,7 +66,9 @@ impl Daemon {
         Daemon::start_with_config("")
     }
 
-    /// Starts a daemon with `config` as its config file.
+    /// Starts a daemon with `config` as its config file. Unless the config says otherwise, its
+    /// gateway listens on `127.0.0.1:0` (a free port; see [`Daemon::http_base`]), so daemons run
+    /// side by side.
     pub fn start_with_config(config: &str) -> anyhow::Result<Daemon> {
         let root = tempfile::Builder::new().prefix("aiventbus-test-").tempdir()?;
         let paths = Paths {
@@ -73,7 +76,7 @@ impl Daemon {
             state_dir: root.path().join("state"),
             config_file: root.path().join("config.toml"),
         };
-        std::fs::write(&paths.config_file, config)?;
+        std::fs::write(&paths.config_file, with_free_port(config)?)?;
         let mut daemon = Daemon {
             paths,
             root,
@@ -149,6 +152,44 @@ impl Daemon {
         Ok(Client::connect(&self.paths.api_socket()).await?)
     }
 
+    /// `http://127.0.0.1:PORT` (`https://localhost:PORT` with `gateway.tls_cert` set): the
+    /// gateway's TCP address, read from the `gateway.addr` file it writes once bound. Read it
+    /// again after the gateway restarts.
+    pub fn http_base(&self) -> String {
+        let addr = std::fs::read_to_string(self.paths.runtime_dir.join("gateway.addr")).unwrap_or_default();
+        let addr = addr.trim();
+        assert!(
+            !addr.is_empty(),
+            "the gateway has not written gateway.addr\n{}",
+            self.init_output()
+        );
+        let config = std::fs::read_to_string(&self.paths.config_file).unwrap_or_default();
+        let tls = config
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|table| table.get("gateway")?.get("tls_cert").cloned())
+            .is_some();
+        if tls {
+            let port = addr.rsplit(':').next().unwrap_or_default();
+            format!("https://localhost:{port}")
+        } else {
+            format!("http://{addr}")
+        }
+    }
+
+    /// Creates an API key on api.sock (`keys.create`, which also creates the user): the
+    /// `{identity, key, key_id, role}` answer. The key works as `Authorization: Bearer`.
+    pub async fn create_api_key(&self, user: &str, role: Role) -> anyhow::Result<KeyCreated> {
+        let client = self.client().await?;
+        Ok(client
+            .call::<KeysCreate>(&KeyCreateParams {
+                user: user.to_owned(),
+                role,
+                label: None,
+            })
+            .await?)
+    }
+
     /// Pid of a running service, from init's service table.
     pub async fn service_pid(&self, name: &str) -> anyhow::Result<u32> {
         let services = self.client().await?.services().await?;
@@ -208,6 +249,21 @@ impl Drop for Daemon {
             let _ = child.wait();
         }
     }
+}
+
+/// `config` with `gateway.listen = "127.0.0.1:0"` added unless it sets one.
+fn with_free_port(config: &str) -> anyhow::Result<String> {
+    let mut table: toml::Table = config.parse().context("the test config is not valid TOML")?;
+    let gateway = table
+        .entry("gateway")
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    let Some(gateway) = gateway.as_table_mut() else {
+        bail!("the test config's gateway is not a table");
+    };
+    gateway
+        .entry("listen")
+        .or_insert_with(|| toml::Value::String("127.0.0.1:0".into()));
+    Ok(table.to_string())
 }
 
 /// Whether a process exists.
