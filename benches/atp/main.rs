@@ -110,8 +110,8 @@ async fn measure(cli: &Cli, daemon: &Daemon) -> anyhow::Result<()> {
         .await
         .context("keys.create")?
         .key;
-    let addr = std::fs::read_to_string(daemon.paths.runtime_dir.join("gateway.addr"))
-        .context("reading gateway.addr")?;
+    let addr =
+        std::fs::read_to_string(daemon.paths.runtime_dir.join("gateway.addr")).context("reading gateway.addr")?;
     let url = format!("ws://{}/atp", addr.trim().trim_start_matches("http://"));
     let limit = Duration::from_secs(cli.max_secs);
 
@@ -271,7 +271,13 @@ fn spawn_receivers(sockets: Vec<Socket>, expected: u64, started: Instant, limit:
     set
 }
 
-async fn publish_flood(client: &Client, topic: &str, events: u64, in_flight: usize, limit: Duration) -> anyhow::Result<u64> {
+async fn publish_flood(
+    client: &Client,
+    topic: &str,
+    events: u64,
+    in_flight: usize,
+    limit: Duration,
+) -> anyhow::Result<u64> {
     let permits = Arc::new(Semaphore::new(in_flight));
     let started = Instant::now();
     let mut tasks = JoinSet::new();
@@ -306,7 +312,12 @@ fn nanos_since(origin: Instant) -> u64 {
     u64::try_from(origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
-async fn collect_latencies(mut socket: Socket, origin: Instant, total: u64, limit: Duration) -> (Vec<u64>, Option<String>) {
+async fn collect_latencies(
+    mut socket: Socket,
+    origin: Instant,
+    total: u64,
+    limit: Duration,
+) -> (Vec<u64>, Option<String>) {
     let mut samples = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
     let until = tokio::time::Instant::now() + limit;
     while (samples.len() as u64) < total {
@@ -325,7 +336,10 @@ async fn collect_latencies(mut socket: Socket, origin: Instant, total: u64, limi
             }
             Ok(Some(Ok(_))) => continue,
             Ok(other) => return (samples, Some(format!("connection ended: {other:?}"))),
-            Err(_) => return (samples, Some(format!("timed out with {} events", samples.len()))),
+            Err(_) => {
+                let why = format!("timed out with {} events", samples.len());
+                return (samples, Some(why));
+            }
         }
     }
     (samples, None)

@@ -67,7 +67,9 @@ async fn api_key(client: &Client, user: &str, role: Role) -> String {
 
 /// A minimal HTTP/1.1 POST (no client library needed for one request): status and body.
 async fn http_post(base: &str, path: &str, body: &Value) -> (u16, String) {
-    let mut stream = TcpStream::connect(host_port(base)).await.expect("connecting to the gateway");
+    let mut stream = TcpStream::connect(host_port(base))
+        .await
+        .expect("connecting to the gateway");
     let body = body.to_string();
     let request = format!(
         "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -132,7 +134,11 @@ impl Atp {
             .unwrap_or_else(|error| panic!("ATP connect: {error}"))
     }
 
-    async fn try_connect(base: &str, headers: &[(&str, String)], query: &str) -> Result<Atp, tungstenite::Error> {
+    async fn try_connect(
+        base: &str,
+        headers: &[(&'static str, String)],
+        query: &str,
+    ) -> Result<Atp, tungstenite::Error> {
         let mut request = format!("{}{query}", ws_url(base)).into_client_request()?;
         for (name, value) in headers {
             request
@@ -282,7 +288,12 @@ async fn atp_login_answers_a_session_and_failures_look_alike() {
     let base = http_base(&daemon).await;
     let key = api_key(&client, "alice", Role::Operator).await;
 
-    let (status, body) = http_post(&base, "/atp/auth/login", &json!({"identity": "alice", "credential": key})).await;
+    let (status, body) = http_post(
+        &base,
+        "/atp/auth/login",
+        &json!({"identity": "alice", "credential": key}),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     let login: Value = serde_json::from_str(&body).unwrap();
     let token = login["token"].as_str().expect("token").to_owned();
@@ -295,10 +306,18 @@ async fn atp_login_answers_a_session_and_failures_look_alike() {
         "{login}"
     );
 
-    let (wrong_status, wrong_key) =
-        http_post(&base, "/atp/auth/login", &json!({"identity": "alice", "credential": "aib_wrong"})).await;
-    let (unknown_status, unknown_user) =
-        http_post(&base, "/atp/auth/login", &json!({"identity": "nobody", "credential": key})).await;
+    let (wrong_status, wrong_key) = http_post(
+        &base,
+        "/atp/auth/login",
+        &json!({"identity": "alice", "credential": "aib_wrong"}),
+    )
+    .await;
+    let (unknown_status, unknown_user) = http_post(
+        &base,
+        "/atp/auth/login",
+        &json!({"identity": "nobody", "credential": key}),
+    )
+    .await;
     assert_eq!(wrong_status, 401, "{wrong_key}");
     assert_eq!(unknown_status, 401, "{unknown_user}");
     assert_eq!(wrong_key, unknown_user, "a failed login tells whether the user exists");
@@ -322,7 +341,10 @@ async fn atp_login_answers_a_session_and_failures_look_alike() {
     assert_ne!(new_token, token);
     let mut with_new = Atp::connect(&base, &new_token).await;
     assert_ok(&with_new.cmd("n", "system", "version", json!({})).await);
-    assert_eq!(refused_status(Atp::try_connect(&base, &[("authorization", format!("Bearer {token}"))], "").await), 401);
+    assert_eq!(
+        refused_status(Atp::try_connect(&base, &[("authorization", format!("Bearer {token}"))], "").await),
+        401
+    );
     // The connection follows its refreshed credential.
     assert_ok(&atp.cmd("after-refresh", "system", "version", json!({})).await);
     support::shut_down(daemon).await;
@@ -341,10 +363,22 @@ async fn atp_refuses_bad_credentials_and_foreign_pages_before_the_upgrade() {
 
     for (what, headers, query) in [
         ("no credential", vec![], String::new()),
-        ("garbage", vec![("authorization", "Bearer garbage".to_owned())], String::new()),
-        ("tampered", vec![("authorization", format!("Bearer {tampered}"))], String::new()),
+        (
+            "garbage",
+            vec![("authorization", "Bearer garbage".to_owned())],
+            String::new(),
+        ),
+        (
+            "tampered",
+            vec![("authorization", format!("Bearer {tampered}"))],
+            String::new(),
+        ),
         ("tampered query", vec![], format!("?token={tampered}")),
-        ("tampered cookie", vec![("cookie", format!("aiventbus_session={tampered}"))], String::new()),
+        (
+            "tampered cookie",
+            vec![("cookie", format!("aiventbus_session={tampered}"))],
+            String::new(),
+        ),
     ] {
         let status = refused_status(Atp::try_connect(&base, &headers, &query).await);
         assert_eq!(status, 401, "{what}");
@@ -357,7 +391,9 @@ async fn atp_refuses_bad_credentials_and_foreign_pages_before_the_upgrade() {
         "a cross-site Origin"
     );
     let own_origin = ("origin", base.clone());
-    let mut same_site = Atp::try_connect(&base, &[bearer.clone(), own_origin], "").await.unwrap();
+    let mut same_site = Atp::try_connect(&base, &[bearer.clone(), own_origin], "")
+        .await
+        .unwrap();
     assert_ok(&same_site.cmd("o", "system", "version", json!({})).await);
     let foreign_host = ("host", "rebind.example:80".to_owned());
     assert_eq!(
@@ -381,7 +417,10 @@ async fn atp_runs_a_command_id_once_and_answers_malformed_frames() {
     assert!(assert_ok(&first)["seq"].is_u64(), "{first}");
     let second = atp.cmd("same", "events", "publish", publish).await;
     assert_error(&second, "EPARSE");
-    assert!(second["error"]["message"].as_str().unwrap().contains("already used"), "{second}");
+    assert!(
+        second["error"]["message"].as_str().unwrap().contains("already used"),
+        "{second}"
+    );
     let stored = events_on(&client, "atp.once").await;
     assert_eq!(stored.len(), 1, "a reused id ran again: {stored:?}");
     assert_eq!(stored[0].source, "user:carol");
@@ -392,10 +431,19 @@ async fn atp_runs_a_command_id_once_and_answers_malformed_frames() {
         (Message::text("[1,2,3]"), Value::Null),
         (Message::text("{}"), Value::Null),
         (Message::text(r#"{"type":"launch","id":"m1"}"#), json!("m1")),
-        (Message::text(r#"{"type":"cmd","domain":"system","op":"version"}"#), Value::Null),
+        (
+            Message::text(r#"{"type":"cmd","domain":"system","op":"version"}"#),
+            Value::Null,
+        ),
         (Message::text(r#"{"type":"cmd","id":"m2","op":"version"}"#), json!("m2")),
-        (Message::text(r#"{"type":"cmd","id":"m3","domain":"system"}"#), json!("m3")),
-        (Message::text(r#"{"type":"cmd","id":"m4","domain":"system","op":"version","body":[1]}"#), json!("m4")),
+        (
+            Message::text(r#"{"type":"cmd","id":"m3","domain":"system"}"#),
+            json!("m3"),
+        ),
+        (
+            Message::text(r#"{"type":"cmd","id":"m4","domain":"system","op":"version","body":[1]}"#),
+            json!("m4"),
+        ),
         (Message::binary(vec![1u8, 2, 3]), Value::Null),
     ];
     for (frame, id) in malformed {
@@ -411,7 +459,10 @@ async fn atp_runs_a_command_id_once_and_answers_malformed_frames() {
     let bad = atp.cmd("u2", "events", "publish", json!({"topic": "Bad Topic"})).await;
     assert_error(&bad, "EPARSE");
     assert!(bad["error"]["message"].as_str().unwrap().contains("topic"), "{bad}");
-    assert_error(&atp.cmd("u3", "events", "get", json!({"id": "evt_nope"})).await, "ENOTFOUND");
+    assert_error(
+        &atp.cmd("u3", "events", "get", json!({"id": "evt_nope"})).await,
+        "ENOTFOUND",
+    );
     assert_ok(&atp.cmd("alive", "system", "version", json!({})).await);
     support::shut_down(daemon).await;
 }
@@ -424,13 +475,61 @@ async fn atp_roles_gate_commands_and_output() {
     let viewer_key = api_key(&client, "vera", Role::Viewer).await;
     let mut viewer = Atp::connect(&base, &viewer_key).await;
 
-    let approve = viewer.cmd("a", "actions", "approve", json!({"id": "act_01HZZZZZZZZZZZZZZZZZZZZZZZ"})).await;
+    let approve = viewer
+        .cmd(
+            "a",
+            "actions",
+            "approve",
+            json!({"id": "act_01HZZZZZZZZZZZZZZZZZZZZZZZ"}),
+        )
+        .await;
     assert_error(&approve, "EPERM");
-    let publish = viewer.cmd("p", "events", "publish", json!({"topic": "viewer.try", "payload": {}})).await;
+    let publish = viewer
+        .cmd("p", "events", "publish", json!({"topic": "viewer.try", "payload": {}}))
+        .await;
     assert_error(&publish, "EPERM");
     assert!(events_on(&client, "viewer.try").await.is_empty());
-    let keys = viewer.cmd("k", "keys", "create", json!({"user": "mallory", "role": "admin"})).await;
+    let keys = viewer
+        .cmd("k", "keys", "create", json!({"user": "mallory", "role": "admin"}))
+        .await;
     assert_error(&keys, "EPERM");
+
+    // Process output reaches an operator but not a viewer: the viewer sees that a chunk was
+    // written, not what.
+    let operator_key = api_key(&client, "otto", Role::Operator).await;
+    let mut operator = Atp::connect(&base, &operator_key).await;
+    viewer.subscribe(&["exec.output"], None).await;
+    operator.subscribe(&["exec.output"], None).await;
+    let run = client
+        .call_raw(
+            "exec.run",
+            serde_json::value::to_raw_value(&json!({"argv": ["echo", "hush-hush-42"]})).ok(),
+        )
+        .await
+        .expect("exec.run");
+    let run_id = serde_json::from_str::<Value>(run.get()).unwrap()["run_id"].clone();
+    let seen_by_operator = operator.event().await;
+    assert_eq!(
+        seen_by_operator["body"]["payload"]["run_id"], run_id,
+        "{seen_by_operator}"
+    );
+    assert!(
+        seen_by_operator["body"]["payload"]["data"]
+            .as_str()
+            .is_some_and(|data| data.contains("hush-hush-42")),
+        "{seen_by_operator}"
+    );
+    let seen_by_viewer = viewer.event().await;
+    assert_eq!(seen_by_viewer["seq"], seen_by_operator["seq"]);
+    let payload = &seen_by_viewer["body"]["payload"];
+    assert_eq!(payload["run_id"], run_id, "{seen_by_viewer}");
+    assert_eq!(payload["redacted"], true, "{seen_by_viewer}");
+    assert!(
+        payload.get("data").is_none() && payload.get("data_b64").is_none(),
+        "{seen_by_viewer}"
+    );
+    assert!(!seen_by_viewer.to_string().contains("hush-hush-42"), "{seen_by_viewer}");
+
     // Reads are fine.
     assert_ok(&viewer.cmd("l", "events", "list", json!({"limit": 1})).await);
     assert_ok(&viewer.cmd("s", "system", "status", json!({})).await);
@@ -489,7 +588,10 @@ async fn atp_replays_exactly_what_was_missed_after_a_reconnect() {
     assert_eq!(again.event().await["seq"], live);
     let every: Vec<u64> = events_on(&client, "replay.item").await.iter().map(|e| e.seq).collect();
     let delivered: Vec<u64> = seen.iter().chain(&replayed).chain([&live]).copied().collect();
-    assert_eq!(delivered, every, "deliveries across the reconnect are not the stored events");
+    assert_eq!(
+        delivered, every,
+        "deliveries across the reconnect are not the stored events"
+    );
 
     // A later subscribe replaces the earlier one.
     again.subscribe(&["other.*"], None).await;
@@ -499,7 +601,11 @@ async fn atp_replays_exactly_what_was_missed_after_a_reconnect() {
         .await
         .unwrap()
         .seq;
-    assert_eq!(again.event().await["seq"], other, "an event of the replaced subscription arrived");
+    assert_eq!(
+        again.event().await["seq"],
+        other,
+        "an event of the replaced subscription arrived"
+    );
     support::shut_down(daemon).await;
 }
 
@@ -519,11 +625,18 @@ async fn atp_logout_closes_the_connection_and_outlives_a_gateway_restart() {
     let close = close.expect("a close frame");
     assert_eq!(u16::from(close.code), 1000, "{close:?}");
     assert_eq!(close.reason.as_str(), "logged out");
-    assert_eq!(refused_status(Atp::try_connect(&base, &[bearer.clone()], "").await), 401);
+    assert_eq!(
+        refused_status(Atp::try_connect(&base, std::slice::from_ref(&bearer), "").await),
+        401
+    );
 
     // Kill the gateway; init starts a new one, which must still refuse the token.
     let old_pid = or_log(&daemon, daemon.service_pid("gateway").await);
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(old_pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old_pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     let running = &daemon;
     or_log(
         &daemon,
@@ -535,10 +648,14 @@ async fn atp_logout_closes_the_connection_and_outlives_a_gateway_restart() {
     );
     let restarted_base = or_log(
         &daemon,
-        eventually(Duration::from_secs(60), "the restarted gateway's HTTP face", move || async move {
-            let base = http_base(running).await;
-            TcpStream::connect(host_port(&base)).await.ok().map(|_| base)
-        })
+        eventually(
+            Duration::from_secs(60),
+            "the restarted gateway's HTTP face",
+            move || async move {
+                let base = http_base(running).await;
+                TcpStream::connect(host_port(&base)).await.ok().map(|_| base)
+            },
+        )
         .await,
     );
     assert_eq!(
@@ -568,15 +685,15 @@ enum RawFrame {
     Text(String),
     Ping,
     Close(u16, String),
-    Other(u8),
+    Other,
 }
 
 impl RawWs {
     /// Connects with a small receive buffer (so a client that does not read fills up quickly).
     async fn connect(base: &str, token: &str) -> RawWs {
         let addr: std::net::SocketAddr = host_port(base).parse().expect("gateway address");
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(4096).unwrap();
+        let socket = tokio::net::TcpSocket::new_v4().expect("raw WebSocket I/O");
+        socket.set_recv_buffer_size(4096).expect("raw WebSocket I/O");
         let stream = socket.connect(addr).await.expect("connecting");
         let (read, mut writer) = stream.into_split();
         let request = format!(
@@ -585,14 +702,14 @@ impl RawWs {
              Authorization: Bearer {token}\r\n\r\n",
             host_port(base)
         );
-        writer.write_all(request.as_bytes()).await.unwrap();
+        writer.write_all(request.as_bytes()).await.expect("raw WebSocket I/O");
         let mut reader = BufReader::new(read);
         let mut status = String::new();
-        reader.read_line(&mut status).await.unwrap();
+        reader.read_line(&mut status).await.expect("raw WebSocket I/O");
         assert!(status.contains(" 101 "), "upgrade refused: {status}");
         loop {
             let mut line = String::new();
-            reader.read_line(&mut line).await.unwrap();
+            reader.read_line(&mut line).await.expect("raw WebSocket I/O");
             if line == "\r\n" || line.is_empty() {
                 break;
             }
@@ -617,7 +734,7 @@ impl RawWs {
         }
         frame.extend_from_slice(&mask);
         frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        self.writer.write_all(&frame).await.unwrap();
+        self.writer.write_all(&frame).await.expect("raw WebSocket I/O");
     }
 
     /// The next frame; `None` at end of stream.
@@ -644,10 +761,16 @@ impl RawWs {
             0x1 => RawFrame::Text(String::from_utf8(payload).ok()?),
             0x9 => RawFrame::Ping,
             0x8 => {
-                let code = payload.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]])).unwrap_or(1005);
-                RawFrame::Close(code, String::from_utf8_lossy(payload.get(2..).unwrap_or_default()).into_owned())
+                let code = payload
+                    .get(..2)
+                    .map(|b| u16::from_be_bytes([b[0], b[1]]))
+                    .unwrap_or(1005);
+                RawFrame::Close(
+                    code,
+                    String::from_utf8_lossy(payload.get(2..).unwrap_or_default()).into_owned(),
+                )
             }
-            other => RawFrame::Other(other),
+            _ => RawFrame::Other,
         })
     }
 
@@ -661,7 +784,7 @@ impl RawWs {
                     RawFrame::Text(text) => texts.push(serde_json::from_str(&text).unwrap_or(Value::Null)),
                     RawFrame::Ping => pings += 1,
                     RawFrame::Close(code, reason) => return Some((code, reason)),
-                    RawFrame::Other(_) => {}
+                    RawFrame::Other => {}
                 }
             }
             None
@@ -736,6 +859,14 @@ async fn atp_cuts_off_a_slow_subscriber_while_another_keeps_receiving() {
     // which reads nothing meanwhile, must be cut off.
     let chunk = "x".repeat(60 * 1024);
     let total = 300u64;
+    // The fast client reads all along, on its own task.
+    let reader = tokio::spawn(async move {
+        let mut seqs = Vec::new();
+        for _ in 0..total {
+            seqs.push(fast.event().await["seq"].as_u64().expect("seq"));
+        }
+        (fast, seqs)
+    });
     let mut published = Vec::new();
     for n in 0..total {
         let seq = client
@@ -745,10 +876,8 @@ async fn atp_cuts_off_a_slow_subscriber_while_another_keeps_receiving() {
             .seq;
         published.push(seq);
     }
-    for expected in &published {
-        let event = fast.event().await;
-        assert_eq!(event["seq"], *expected, "the fast subscriber missed an event");
-    }
+    let (mut fast, received) = reader.await.expect("the fast reader failed");
+    assert_eq!(received, published, "the fast subscriber missed events");
 
     let (texts, _, close) = slow.drain(REPLY_DEADLINE).await;
     let (code, reason) = close.expect("a close frame");
@@ -761,8 +890,15 @@ async fn atp_cuts_off_a_slow_subscriber_while_another_keeps_receiving() {
         .filter(|frame| frame["type"] == "event")
         .map(|frame| frame["seq"].as_u64().unwrap())
         .collect();
-    assert!((delivered.len() as u64) < total, "the slow client got everything: not cut off");
-    assert_eq!(delivered, published[..delivered.len()], "the slow client's events have a gap");
+    assert!(
+        (delivered.len() as u64) < total,
+        "the slow client got everything: not cut off"
+    );
+    assert_eq!(
+        delivered,
+        published[..delivered.len()],
+        "the slow client's events have a gap"
+    );
     // Resuming from next_seq loses nothing and repeats nothing.
     let next_seq = closing["next_seq"].as_u64().expect("next_seq");
     assert!(
@@ -773,7 +909,11 @@ async fn atp_cuts_off_a_slow_subscriber_while_another_keeps_receiving() {
     );
 
     // The fast client is still connected and live.
-    let after = client.publish(&support::event("flood.after", json!({}))).await.unwrap().seq;
+    let after = client
+        .publish(&support::event("flood.after", json!({})))
+        .await
+        .unwrap()
+        .seq;
     assert_eq!(fast.event().await["seq"], after);
     support::shut_down(daemon).await;
 }
@@ -793,7 +933,11 @@ async fn atp_connections_close_with_1001_when_the_daemon_stops() {
     let (close, frames) = atp.closed(REPLY_DEADLINE).await;
     let close = close.expect("a close frame");
     assert_eq!(u16::from(close.code), 1001, "{close:?}");
-    let closing = frames.iter().rev().find(|frame| frame["type"] == "closing").expect("a closing frame");
+    let closing = frames
+        .iter()
+        .rev()
+        .find(|frame| frame["type"] == "closing")
+        .expect("a closing frame");
     assert_eq!(closing["error"]["code"], "EUNAVAIL", "{closing}");
     stopping.await.unwrap().unwrap();
 }

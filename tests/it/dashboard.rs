@@ -62,8 +62,8 @@ async fn proposing_agent(client: &aiventbus_client::Client, dir: &Path) {
         "#!/bin/sh\ncat >/dev/null\n\
          echo '{\"type\":\"analysis\",\"summary\":\"wants to run true\",\"proposed_actions\":[{\"action_type\":\"shell_exec\",\"argv\":[\"true\"]}]}'\n",
     )
-    .unwrap();
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    .expect("writing the agent program");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let agent = client
         .call::<AgentsCreate>(&AgentSpec {
             name: Some("proposer".into()),
@@ -111,7 +111,10 @@ async fn dashboard_shows_live_events_as_text_and_approves_in_a_real_browser() {
     let client = daemon.client().await.unwrap();
     let scratch = tempfile::tempdir().unwrap();
     proposing_agent(&client, scratch.path()).await;
-    let link = client.call::<DashboardLink>(&NoParams {}).await.expect("dashboard.link");
+    let link = client
+        .call::<DashboardLink>(&NoParams {})
+        .await
+        .expect("dashboard.link");
     let artifacts = workspace_root().join("target/artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
     let screenshot = artifacts.join("dashboard.png");
@@ -157,9 +160,13 @@ async fn dashboard_shows_live_events_as_text_and_approves_in_a_real_browser() {
     let trace = trigger.trace_id.clone();
     let pending = or_log(
         &daemon,
-        wait_for_event(&client, "action.pending", Some(trigger.seq), STEP_DEADLINE, move |event| {
-            event.trace_id == trace
-        })
+        wait_for_event(
+            &client,
+            "action.pending",
+            Some(trigger.seq),
+            STEP_DEADLINE,
+            move |event| event.trace_id == trace,
+        )
         .await,
     );
     let action_id = pending.payload["action_id"].as_str().expect("action_id").to_owned();
@@ -181,7 +188,12 @@ async fn dashboard_shows_live_events_as_text_and_approves_in_a_real_browser() {
     loop {
         let step = next_step(&mut steps).await;
         let name = step["step"].as_str().unwrap_or_default().to_owned();
-        assert_ne!(name, "failed", "the browser check failed: {step}\n{}", daemon.init_output());
+        assert_ne!(
+            name,
+            "failed",
+            "the browser check failed: {step}\n{}",
+            daemon.init_output()
+        );
         seen.push(name.clone());
         if name == "done" {
             break;

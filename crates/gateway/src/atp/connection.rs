@@ -339,7 +339,10 @@ impl Connection {
             self.answer(frame::reply_error(
                 &command.id,
                 "EPARSE",
-                &format!("cmd.id {} was already used on this connection; it was not executed", command.id_text),
+                &format!(
+                    "cmd.id {} was already used on this connection; it was not executed",
+                    command.id_text
+                ),
             ));
             return;
         }
@@ -368,7 +371,11 @@ impl Connection {
         let generation = self.outbox.next_generation();
         let cancel = CancellationToken::new();
         self.subscription = Some(cancel.clone());
-        let patterns = if events.is_empty() { vec!["**".to_owned()] } else { events };
+        let patterns = if events.is_empty() {
+            vec!["**".to_owned()]
+        } else {
+            events
+        };
         let follow = Follow {
             app: self.app.clone(),
             outbox: self.outbox.clone(),

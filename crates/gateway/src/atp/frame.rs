@@ -104,10 +104,9 @@ pub fn parse(text: &str) -> Result<Incoming, FrameError> {
 }
 
 fn from_typed(typed: Typed<'_>) -> Result<Incoming, FrameError> {
-    let id = match typed.id {
-        None => None,
-        Some(raw) => Some(serde_json::from_str::<Value>(raw.get()).unwrap_or(Value::Null)),
-    };
+    let id = typed
+        .id
+        .map(|raw| serde_json::from_str::<Value>(raw.get()).unwrap_or(Value::Null));
     let usable_id = id.clone().filter(usable).unwrap_or(Value::Null);
     match typed.kind.as_str() {
         "cmd" => {
@@ -126,7 +125,12 @@ fn from_typed(typed: Typed<'_>) -> Result<Incoming, FrameError> {
                 None => None,
                 Some(raw) if raw.get().trim() == "null" => None,
                 Some(raw) if raw.get().trim_start().starts_with('{') => Some(raw.to_owned()),
-                Some(_) => return Err(FrameError::new(&id, "cmd.body: expected an object (the method's params)")),
+                Some(_) => {
+                    return Err(FrameError::new(
+                        &id,
+                        "cmd.body: expected an object (the method's params)",
+                    ));
+                }
             };
             let id_text = id.to_string();
             Ok(Incoming::Cmd(Command {
@@ -199,7 +203,7 @@ fn explain(text: &str, error: &serde_json::Error) -> FrameError {
     if !object.contains_key("type") {
         return FrameError::new(&id, "type: missing (cmd, subscribe, unsubscribe or ping)");
     }
-    let checks: [(&str, fn(&Value) -> bool, &str); 6] = [
+    let checks: [FieldCheck; 6] = [
         ("type", Value::is_string, "a string"),
         ("token", Value::is_string, "a string"),
         ("domain", Value::is_string, "a string"),
@@ -214,6 +218,9 @@ fn explain(text: &str, error: &serde_json::Error) -> FrameError {
     }
     FrameError::new(&id, format!("invalid frame: {}", strip(error)))
 }
+
+/// A field, the test its value must pass, and what it should have been.
+type FieldCheck = (&'static str, fn(&Value) -> bool, &'static str);
 
 fn is_string_list(value: &Value) -> bool {
     value.as_array().is_some_and(|items| items.iter().all(Value::is_string))
@@ -410,10 +417,7 @@ mod tests {
         assert_eq!(cmd.id_text, "\"c1\"");
         assert_eq!(cmd.token.as_deref(), Some("t"));
         assert_eq!(cmd.method(), "events.publish");
-        assert_eq!(
-            cmd.body.unwrap().get(),
-            r#"{"topic":"a.b","payload":{"x":[1,2]}}"#
-        );
+        assert_eq!(cmd.body.unwrap().get(), r#"{"topic":"a.b","payload":{"x":[1,2]}}"#);
         let Ok(Incoming::Cmd(numeric)) = parse(r#"{"type":"cmd","id":7,"domain":"system","op":"version"}"#) else {
             panic!("numeric ids are accepted");
         };
@@ -430,22 +434,61 @@ mod tests {
             (r#"{"id":"x"}"#, json!("x"), "type: missing"),
             (r#"{"type":"nope","id":"x"}"#, json!("x"), "unknown frame type"),
             (r#"{"type":5}"#, Value::Null, "type: expected a string"),
-            (r#"{"type":"cmd","domain":"events","op":"list"}"#, Value::Null, "cmd.id: missing"),
-            (r#"{"type":"cmd","id":{},"domain":"events","op":"list"}"#, Value::Null, "cmd.id"),
-            (r#"{"type":"cmd","id":"a","op":"list"}"#, json!("a"), "cmd.domain: missing"),
-            (r#"{"type":"cmd","id":"a","domain":"events"}"#, json!("a"), "cmd.op: missing"),
-            (r#"{"type":"cmd","id":"a","domain":"Ev ents","op":"x"}"#, json!("a"), "cmd.domain"),
-            (r#"{"type":"cmd","id":"a","domain":7,"op":"x"}"#, json!("a"), "domain: expected a string"),
-            (r#"{"type":"cmd","id":"a","domain":"e","op":"x","body":[1]}"#, json!("a"), "cmd.body"),
-            (r#"{"type":"subscribe","events":"a.*"}"#, Value::Null, "events: expected an array"),
-            (r#"{"type":"subscribe","since_seq":-1}"#, Value::Null, "since_seq: expected a non-negative"),
+            (
+                r#"{"type":"cmd","domain":"events","op":"list"}"#,
+                Value::Null,
+                "cmd.id: missing",
+            ),
+            (
+                r#"{"type":"cmd","id":{},"domain":"events","op":"list"}"#,
+                Value::Null,
+                "cmd.id",
+            ),
+            (
+                r#"{"type":"cmd","id":"a","op":"list"}"#,
+                json!("a"),
+                "cmd.domain: missing",
+            ),
+            (
+                r#"{"type":"cmd","id":"a","domain":"events"}"#,
+                json!("a"),
+                "cmd.op: missing",
+            ),
+            (
+                r#"{"type":"cmd","id":"a","domain":"Ev ents","op":"x"}"#,
+                json!("a"),
+                "cmd.domain",
+            ),
+            (
+                r#"{"type":"cmd","id":"a","domain":7,"op":"x"}"#,
+                json!("a"),
+                "domain: expected a string",
+            ),
+            (
+                r#"{"type":"cmd","id":"a","domain":"e","op":"x","body":[1]}"#,
+                json!("a"),
+                "cmd.body",
+            ),
+            (
+                r#"{"type":"subscribe","events":"a.*"}"#,
+                Value::Null,
+                "events: expected an array",
+            ),
+            (
+                r#"{"type":"subscribe","since_seq":-1}"#,
+                Value::Null,
+                "since_seq: expected a non-negative",
+            ),
         ];
         for (text, id, needle) in cases {
             let error = refused(text);
             assert_eq!(&error.id, id, "{text}");
             assert!(error.message.contains(needle), "{text}: {}", error.message);
         }
-        let long = format!(r#"{{"type":"cmd","id":"{}","domain":"a","op":"b"}}"#, "x".repeat(MAX_ID_LEN + 1));
+        let long = format!(
+            r#"{{"type":"cmd","id":"{}","domain":"a","op":"b"}}"#,
+            "x".repeat(MAX_ID_LEN + 1)
+        );
         assert_eq!(refused(&long).id, Value::Null);
     }
 
@@ -460,7 +503,10 @@ mod tests {
             Ok(Incoming::Subscribe { events, since_seq: None }) if events.is_empty()
         ));
         assert!(matches!(parse(r#"{"type":"unsubscribe"}"#), Ok(Incoming::Unsubscribe)));
-        assert!(matches!(parse(r#"{"type":"ping","id":3}"#), Ok(Incoming::Ping { id: Some(_) })));
+        assert!(matches!(
+            parse(r#"{"type":"ping","id":3}"#),
+            Ok(Incoming::Ping { id: Some(_) })
+        ));
         assert_eq!(pong(Some(&json!(3))), r#"{"id":3,"type":"pong"}"#);
     }
 
@@ -471,8 +517,14 @@ mod tests {
             message: "no".into(),
             data,
         };
-        assert_eq!(atp_error(&unauthorized(Some(json!({"reason": "forbidden"})))).code, "EPERM");
-        assert_eq!(atp_error(&unauthorized(Some(json!({"reason": "expired"})))).code, "EEXPIRED");
+        assert_eq!(
+            atp_error(&unauthorized(Some(json!({"reason": "forbidden"})))).code,
+            "EPERM"
+        );
+        assert_eq!(
+            atp_error(&unauthorized(Some(json!({"reason": "expired"})))).code,
+            "EEXPIRED"
+        );
         assert_eq!(atp_error(&unauthorized(None)).code, "EAUTH");
         for (code, atp) in [
             (-32700, "EPARSE"),
@@ -505,9 +557,15 @@ mod tests {
         assert_eq!(failed["error"]["message"], "bad \"x\"");
         assert_eq!(failed["id"], Value::Null);
         let closing: Value = serde_json::from_str(&closing("ELIMIT", "slow", Some(9))).unwrap();
-        assert_eq!(closing, json!({"type": "closing", "error": {"code": "ELIMIT", "message": "slow"}, "next_seq": 9}));
+        assert_eq!(
+            closing,
+            json!({"type": "closing", "error": {"code": "ELIMIT", "message": "slow"}, "next_seq": 9})
+        );
         let subscribed: Value = serde_json::from_str(&subscribed(&["a.*".into()], Some(3))).unwrap();
-        assert_eq!(subscribed, json!({"type": "subscribed", "events": ["a.*"], "next_seq": 3}));
+        assert_eq!(
+            subscribed,
+            json!({"type": "subscribed", "events": ["a.*"], "next_seq": 3})
+        );
     }
 
     #[test]
