@@ -1,7 +1,7 @@
 //! `aibus` against the real daemon for what goes through policy and exec (SPEC §8, §9, §13): `run`
 //! (both streams, the exit code, raw bytes, a policy refusal as 125, Ctrl-C cancelling the process),
 //! `pending`/`approve`/`deny` on actions a command agent proposes, `policy explain`, `requests`,
-//! and `keys create` followed by a command over ATP with `--url`/`--token`.
+//! `users`, `dashboard`, and `keys create` followed by commands over ATP with `--url`/`--token`.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -478,6 +478,45 @@ async fn a_created_key_works_remotely() {
     );
     assert_eq!(ran.status.code(), Some(4), "{}", describe(&ran));
     assert_eq!(String::from_utf8_lossy(&ran.stdout), "remote\n", "{}", describe(&ran));
+
+    // Users: the key made its user; roles change; a password comes from stdin when it is not a terminal.
+    let users = json_stdout(&aibus(&daemon, &["users", "list", "--json"]));
+    let viewer = users["users"]
+        .as_array()
+        .expect("users")
+        .iter()
+        .find(|user| user["name"] == "remote-viewer")
+        .unwrap_or_else(|| panic!("no remote-viewer in {users}"))
+        .clone();
+    assert_eq!(viewer["role"], "viewer");
+    let changed = json_stdout(&aibus(
+        &daemon,
+        &["users", "set-role", "remote-viewer", "operator", "--json"],
+    ));
+    assert_eq!(changed["role"], "operator");
+    let set_password = tokio::task::block_in_place(|| {
+        use std::io::Write as _;
+        let mut child = std::process::Command::new(binary("aibus"))
+            .envs(daemon.env())
+            .args(["users", "set-password", "remote-viewer", "--json"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("aibus runs");
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin
+            .write_all(b"a long enough password\n")
+            .expect("write the password");
+        drop(stdin);
+        child.wait_with_output().expect("aibus finishes")
+    });
+    assert_eq!(json_stdout(&set_password)["has_password"], true);
+    let link = json_stdout(&aibus(&daemon, &["dashboard", "--json"]));
+    assert!(
+        link["url"].as_str().is_some_and(|url| url.starts_with("http://")),
+        "{link}"
+    );
 
     let keys = json_stdout(&aibus(&daemon, &["keys", "list", "--json"]));
     let key_id = key["key_id"].as_str().expect("key id");
