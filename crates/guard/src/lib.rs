@@ -17,8 +17,10 @@ use serde_json::{Map, Value};
 mod decide;
 pub mod net;
 pub mod paths;
+mod patterns;
 mod rules;
 pub mod shell;
+mod wrappers;
 
 pub use decide::decide;
 
@@ -69,9 +71,9 @@ pub struct Settings {
     pub(crate) egress_allow: Vec<net::HostPattern>,
     pub(crate) private_allow: Vec<net::PrivateAllow>,
     pub(crate) trust: BTreeMap<String, Trust>,
-    pub(crate) allow: Vec<rules::Pattern>,
-    pub(crate) deny: Vec<rules::Pattern>,
-    pub(crate) builtin_allow: Vec<rules::Pattern>,
+    pub(crate) allow: Vec<patterns::Pattern>,
+    pub(crate) deny: Vec<patterns::Pattern>,
+    pub(crate) builtin_allow: Vec<patterns::Pattern>,
 }
 
 impl Settings {
@@ -136,18 +138,18 @@ impl Settings {
                 )),
             }
         }
-        let mut compile = |key: &str, list: &[ArgvPattern], kind: rules::PatternKind| {
+        let mut compile = |key: &str, list: &[ArgvPattern], kind: patterns::PatternKind| {
             let mut out = Vec::new();
             for (index, pattern) in list.iter().enumerate() {
-                match rules::Pattern::new(pattern, kind, format!("{}.config[{index}]", kind.prefix())) {
+                match patterns::Pattern::new(pattern, kind, format!("{}.config[{index}]", kind.prefix())) {
                     Ok(compiled) => out.push(compiled),
                     Err(e) => problems.push(format!("{key}[{index}].argv: {e}")),
                 }
             }
             out
         };
-        let allow = compile("allow", &config.allow, rules::PatternKind::Allow);
-        let deny = compile("deny", &config.deny, rules::PatternKind::Deny);
+        let allow = compile("allow", &config.allow, patterns::PatternKind::Allow);
+        let deny = compile("deny", &config.deny, patterns::PatternKind::Deny);
         if !problems.is_empty() {
             return Err(problems.join("; "));
         }
@@ -164,7 +166,7 @@ impl Settings {
             allow,
             deny,
             builtin_allow: if config.builtin_allow {
-                rules::builtin_allow()
+                patterns::builtin_allow()
             } else {
                 Vec::new()
             },
