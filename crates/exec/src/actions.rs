@@ -233,8 +233,8 @@ async fn open_with(program: &Path, target: &str) -> Result<(bool, Value), String
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(false);
-    let mut child = command
-        .spawn()
+    let mut child = crate::notify::spawn_helper(&mut command)
+        .await
         .map_err(|error| format!("cannot start {}: {error}", program.display()))?;
     let stderr = child.stderr.take();
     match tokio::time::timeout(OPEN_WAIT, child.wait()).await {

@@ -127,7 +127,8 @@ async fn dbus_notify(address: &str, title: &str, message: &str, urgency: Urgency
 }
 
 async fn notify_send(program: &Path, title: &str, message: &str, urgency: Urgency) -> std::io::Result<()> {
-    let status = tokio::process::Command::new(program)
+    let mut command = tokio::process::Command::new(program);
+    command
         .arg("--app-name=aiventbus")
         .arg(format!("--urgency={}", urgency.word()))
         .arg("--")
@@ -136,13 +137,28 @@ async fn notify_send(program: &Path, title: &str, message: &str, urgency: Urgenc
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .status()
-        .await?;
+        .kill_on_drop(true);
+    let status = spawn_helper(&mut command).await?.wait().await?;
     if status.success() {
         Ok(())
     } else {
         Err(std::io::Error::other(format!("notify-send {status}")))
+    }
+}
+
+/// Starts a helper program (`notify-send`, `xdg-open`). A program file that was just written —
+/// replaced by an upgrade, or created while another thread forked — can be briefly "busy"
+/// (ETXTBSY) until the forked child execs; that passes within milliseconds, so it is retried.
+pub async fn spawn_helper(command: &mut tokio::process::Command) -> std::io::Result<tokio::process::Child> {
+    let mut attempts = 0;
+    loop {
+        match command.spawn() {
+            Err(error) if error.raw_os_error() == Some(nix::libc::ETXTBSY) && attempts < 10 => {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            other => return other,
+        }
     }
 }
 
@@ -164,6 +180,84 @@ mod tests {
     async fn nothing_available_is_not_an_error() {
         let result = Notifier::default().notify("t", "m", Urgency::Normal).await;
         assert_eq!((result.delivered, result.via.as_str()), (false, "none"));
+    }
+
+    struct FakeNotifications {
+        seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String, u8)>>>,
+    }
+
+    #[zbus::interface(name = "org.freedesktop.Notifications")]
+    impl FakeNotifications {
+        #[allow(clippy::too_many_arguments)]
+        fn notify(
+            &self,
+            _app_name: String,
+            _replaces_id: u32,
+            _app_icon: String,
+            summary: String,
+            body: String,
+            _actions: Vec<String>,
+            hints: HashMap<String, zbus::OwnedVariant>,
+            _expire_timeout: i32,
+        ) -> u32 {
+            let urgency = hints
+                .get("urgency")
+                .and_then(|value| u8::try_from(value.clone()).ok())
+                .unwrap_or(99);
+            self.seen.lock().unwrap().push((summary, body, urgency));
+            7
+        }
+    }
+
+    #[tokio::test]
+    async fn notifications_go_to_the_session_bus_first() {
+        use tokio::io::AsyncBufReadExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("bus");
+        let daemon = tokio::process::Command::new("dbus-daemon")
+            .arg("--session")
+            .arg("--nofork")
+            .arg("--print-address=1")
+            .arg(format!("--address=unix:path={}", socket.display()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn();
+        let Ok(mut daemon) = daemon else {
+            eprintln!("SKIPPED notifications_go_to_the_session_bus_first: dbus-daemon is not installed");
+            return;
+        };
+        let mut lines = tokio::io::BufReader::new(daemon.stdout.take().unwrap()).lines();
+        let address = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("dbus-daemon prints its address");
+        let seen = std::sync::Arc::default();
+        let _server = zbus::connection::Builder::address(address.as_str())
+            .name("org.freedesktop.Notifications")
+            .serve_at(
+                "/org/freedesktop/Notifications",
+                FakeNotifications {
+                    seen: std::sync::Arc::clone(&seen),
+                },
+            )
+            .build()
+            .await
+            .unwrap();
+        let notifier = Notifier {
+            session_bus: Some(address),
+            notify_send: Some(PathBuf::from("/no/such/notify-send")),
+        };
+        let result = notifier
+            .notify("Approval needed", "agent wants to run ls", Urgency::Critical)
+            .await;
+        assert_eq!((result.delivered, result.via.as_str()), (true, "dbus"));
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [("Approval needed".to_owned(), "agent wants to run ls".to_owned(), 2)]
+        );
+        daemon.kill().await.unwrap();
     }
 
     #[tokio::test]

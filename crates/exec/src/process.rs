@@ -406,22 +406,33 @@ impl Watched {
                 let _ = pipe.shutdown().await;
             })
         });
-        let stdout = self
-            .stdout
-            .take()
-            .map(|pipe| tokio::spawn(read_stream(pipe, "stdout", self.max_output, self.events.clone())));
-        let stderr = self
-            .stderr
-            .take()
-            .map(|pipe| tokio::spawn(read_stream(pipe, "stderr", self.max_output, self.events.clone())));
+        // The counts live outside the readers, so they survive a reader that has to be abandoned.
+        let out = Arc::new(Mutex::new(Kept::new(self.max_output)));
+        let err = Arc::new(Mutex::new(Kept::new(self.max_output)));
+        let readers: Vec<tokio::task::JoinHandle<()>> = [
+            self.stdout
+                .take()
+                .map(|pipe| tokio::spawn(read_stream(pipe, "stdout", Arc::clone(&out), self.events.clone()))),
+            self.stderr
+                .take()
+                .map(|pipe| tokio::spawn(read_stream(pipe, "stderr", Arc::clone(&err), self.events.clone()))),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
 
         let pid = self.pid;
         let mut exited = tokio::task::spawn_blocking(move || {
             // Waits for the leader's exit without reaping it (WNOWAIT): the zombie keeps its pid.
-            nix::sys::wait::waitid(
-                Id::Pid(nix::unistd::Pid::from_raw(pid as i32)),
-                WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT,
-            )
+            loop {
+                match nix::sys::wait::waitid(
+                    Id::Pid(nix::unistd::Pid::from_raw(pid as i32)),
+                    WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT,
+                ) {
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    other => return other,
+                }
+            }
         });
         let timeout = async {
             match self.timeout {
@@ -450,27 +461,18 @@ impl Watched {
         sys::signal_group(pid, Signal::SIGKILL);
         let status = self.child.wait().await;
 
-        let drained = async {
-            let out = match stdout {
-                Some(task) => task.await.ok(),
-                None => None,
-            };
-            let err = match stderr {
-                Some(task) => task.await.ok(),
-                None => None,
-            };
-            (out, err)
-        };
-        let (out, err) = match tokio::time::timeout(DRAIN, drained).await {
-            Ok(streams) => streams,
-            Err(_) => {
-                tracing::warn!(
-                    pid,
-                    "a process outside the run's group holds its output open; stopped reading"
-                );
-                (None, None)
+        let aborts: Vec<_> = readers.iter().map(|reader| reader.abort_handle()).collect();
+        let drained = futures_util::future::join_all(readers);
+        if tokio::time::timeout(DRAIN, drained).await.is_err() {
+            tracing::warn!(
+                pid,
+                "a process outside the run's group holds its output open; stopped reading"
+            );
+            // The readers hold senders of the run's events: they must go for the events to end.
+            for abort in aborts {
+                abort.abort();
             }
-        };
+        }
         if let Some(writer) = writer {
             writer.abort();
         }
@@ -481,8 +483,8 @@ impl Watched {
                 (None, None)
             }
         };
-        let out = out.unwrap_or_else(|| Kept::new(0));
-        let err = err.unwrap_or_else(|| Kept::new(0));
+        let out = take_kept(&out);
+        let err = take_kept(&err);
         Watch {
             outcome: RunOutcome {
                 exit_code,
@@ -501,25 +503,33 @@ impl Watched {
     }
 }
 
+fn lock_kept(kept: &Mutex<Kept>) -> std::sync::MutexGuard<'_, Kept> {
+    // Plain counters and bytes: a panic elsewhere cannot leave them inconsistent.
+    kept.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn take_kept(kept: &Mutex<Kept>) -> Kept {
+    std::mem::replace(&mut *lock_kept(kept), Kept::new(0))
+}
+
 /// Reads one stream to its end: chunks of at most [`CHUNK_MAX`] bytes, each gathering what arrives
 /// within [`COALESCE`] of its first byte; past the cap, bytes are read and dropped.
 async fn read_stream<R: AsyncRead + Unpin>(
     mut pipe: R,
     stream: &'static str,
-    cap: u64,
+    kept: Arc<Mutex<Kept>>,
     events: mpsc::Sender<RunEvent>,
-) -> Kept {
-    let mut kept = Kept::new(cap);
+) {
     let mut chunker = Chunker::default();
     let mut buffer = vec![0u8; CHUNK_MAX];
     let mut discard = vec![0u8; 64 * 1024];
     loop {
-        if kept.full() {
+        if lock_kept(&kept).full() {
             // Drain and discard so the process keeps running.
             match pipe.read(&mut discard).await {
-                Ok(0) | Err(_) => return kept,
+                Ok(0) | Err(_) => return,
                 Ok(n) => {
-                    kept.admit(&discard[..n]);
+                    lock_kept(&kept).admit(&discard[..n]);
                     continue;
                 }
             }
@@ -542,15 +552,19 @@ async fn read_stream<R: AsyncRead + Unpin>(
                 }
             }
         }
-        let admitted = kept.admit(&buffer[..filled]);
-        let flush = end || kept.full();
-        if let Some(chunk) = chunker.cut(admitted, flush)
+        let chunk = {
+            let mut kept = lock_kept(&kept);
+            let admitted = kept.admit(&buffer[..filled]);
+            let flush = end || kept.full();
+            chunker.cut(admitted, flush)
+        };
+        if let Some(chunk) = chunk
             && events.send(RunEvent::Output { stream, chunk }).await.is_err()
         {
-            return kept;
+            return;
         }
         if end {
-            return kept;
+            return;
         }
     }
 }

@@ -332,3 +332,21 @@ async fn working_directory_and_stdin() {
     let (_, result) = harness.execute("shell_exec", json!({"argv": ["cat"]})).await;
     assert_eq!((result.ok, result.result["stdout"].clone()), (true, json!("")));
 }
+
+#[tokio::test]
+async fn a_process_that_leaves_the_group_cannot_hold_the_run_open() {
+    let harness = Harness::new().await;
+    let pid_file = harness.dir.path().join("escaped.pid");
+    let script = format!(
+        "echo before; setsid sh -c 'echo $$ > {}; exec sleep 60' & while [ ! -s {} ]; do :; done; echo after",
+        pid_file.display(),
+        pid_file.display()
+    );
+    let (_, result) = harness.execute("shell_exec", json!({"command": script})).await;
+    // The escaped process still has the output pipe; the run ends anyway, with what was read.
+    assert!(result.ok, "{}", result.result);
+    assert_eq!(result.result["stdout"], "before\nafter\n");
+    let escaped: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    harness.bus.finished(result.run_id.as_deref().unwrap()).await;
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(escaped), nix::sys::signal::Signal::SIGKILL);
+}
