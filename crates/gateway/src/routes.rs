@@ -668,6 +668,20 @@ mod tests {
     }
 
     #[test]
+    fn the_protocol_doc_lists_every_route() {
+        let doc = include_str!("../../../docs/protocol.md");
+        for route in ROUTES {
+            let row = format!(
+                "| `{} {}` | `{}` |",
+                route.verb.as_str().to_uppercase(),
+                route.path,
+                route.method
+            );
+            assert!(doc.contains(&row), "docs/protocol.md lacks {row}");
+        }
+    }
+
+    #[test]
     fn captures_name_params() {
         assert_eq!(captures("/api/v1/knowledge/{*key}"), ["key"]);
         assert_eq!(
