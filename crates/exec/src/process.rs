@@ -180,15 +180,17 @@ impl Runs {
     }
 
     /// Stops a run's process group (SIGTERM, SIGKILL after [`KILL_GRACE`]). False when it is not
-    /// running.
+    /// running (any more).
     pub fn cancel(&self, run_id: &str) -> bool {
         match self.live_map().get(run_id) {
-            Some(run) if !run.cancel.is_cancelled() => {
-                tracing::info!(run = run_id, pgid = run.pgid, "cancelling a run");
-                run.cancel.cancel();
+            Some(run) => {
+                if !run.cancel.is_cancelled() {
+                    tracing::info!(run = run_id, pgid = run.pgid, "cancelling a run");
+                    run.cancel.cancel();
+                }
                 true
             }
-            _ => false,
+            None => false,
         }
     }
 

@@ -18,6 +18,7 @@ use aiventbus_exec::notify::Notifier;
 use aiventbus_exec::shell::BaseEnv;
 use aiventbus_exec::{Options, Running};
 use aiventbus_proto::exec::{ActionRef, ExecExecute, ExecOutcome, ExecuteParams, ExecuteResult, Outcome};
+use aiventbus_proto::methods::{Health, NoParams};
 use aiventbus_rpc::config::{ExecConfig, PolicyConfig, RpcConfig};
 use aiventbus_rpc::token::{Key, Minter, Verifier, attenuate};
 use aiventbus_rpc::{Client, ClientError, Endpoint, TokenSource};
@@ -132,6 +133,12 @@ impl Harness {
             .expect("exec start timed out")
             .expect("exec start");
         self.exec = Some((stop, running));
+        // The client may still hold its connection to an exec that stopped: a call written on it
+        // fails as disconnected. Wait until one goes through the new exec.
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while let Err(error) = self.client.call::<Health>(&NoParams {}).await {
+            assert!(tokio::time::Instant::now() < deadline, "exec does not answer: {error}");
+        }
     }
 
     /// Stops exec and waits for it.

@@ -1,7 +1,7 @@
 //! Process runs: results, events and their order, bytes that are not text, caps, timeouts that take
 //! the whole group, cancellation, environments, working directories, stdin and detached runs.
 
-use aiventbus_proto::exec::{ExecCancel, ExecGet, RunRef, RunStatus};
+use aiventbus_proto::exec::{ExecCancel, ExecExecute, ExecGet, RunRef, RunStatus};
 use base64::Engine as _;
 use serde_json::{Value, json};
 
@@ -129,21 +129,37 @@ async fn bytes_that_are_not_text_are_base64_and_a_split_character_stays_text() {
     assert_eq!(chunks[0]["data_b64"], "//4=");
     assert!(chunks[0].get("data").is_none());
 
-    // "€" is e2 82 ac: the first two bytes arrive in one read, the last one a moment later.
-    let (_, result) = harness
-        .execute(
-            "shell_exec",
-            json!({"command": "printf 'a\\342\\202'; sleep 0.3; printf '\\254!'"}),
-        )
+    // "€" is e2 82 ac: the first two bytes are written, and the last one only once the test has
+    // seen the first chunk published (so they certainly came in different reads).
+    let go = harness.dir.path().join("go");
+    let params = harness.params(
+        "shell_exec",
+        json!({"command": format!(
+            "printf 'a\\342\\202'; while [ ! -e {} ]; do sleep 0.01; done; printf '\\254!'",
+            go.display()
+        )}),
+    );
+    let action_id = params.action_id.clone();
+    let client = harness.client.clone();
+    let call = tokio::spawn(async move { client.call::<ExecExecute>(&params).await });
+    harness
+        .bus
+        .wait_for("the first chunk", |events| {
+            events.iter().any(|event| {
+                event.params.correlation_id.as_deref() == Some(action_id.as_str())
+                    && event.params.topic == "exec.output"
+            })
+        })
         .await;
+    std::fs::write(&go, "").unwrap();
+    let result = call.await.unwrap().unwrap();
     assert_eq!(result.result["stdout"], "a€!");
     let run_id = result.run_id.unwrap();
     harness.bus.finished(&run_id).await;
     let chunks = outputs(&harness.bus.events(), &run_id);
-    assert!(chunks.len() >= 2, "the two writes were published apart: {chunks:?}");
-    assert!(chunks.iter().all(|chunk| chunk.get("data").is_some()), "{chunks:?}");
+    assert_eq!(chunks.len(), 2, "{chunks:?}");
     assert_eq!(chunks[0]["data"], "a");
-    assert_eq!(stream_bytes(&chunks, "stdout"), "a€!".as_bytes());
+    assert_eq!(chunks[1]["data"], "€!");
 }
 
 #[tokio::test]
