@@ -366,3 +366,26 @@ async fn a_process_that_leaves_the_group_cannot_hold_the_run_open() {
     harness.bus.finished(result.run_id.as_deref().unwrap()).await;
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(escaped), nix::sys::signal::Signal::SIGKILL);
 }
+
+#[tokio::test]
+async fn the_deny_rules_hold_at_execution_whoever_decided() {
+    let harness = Harness::new().await;
+    let victim = harness.home.join("keep");
+    std::fs::create_dir_all(&victim).unwrap();
+    // Each would be harmless here if it ran (the home directory is the test's own temp dir, the
+    // device does not exist), so a broken check fails the test without doing damage.
+    for params in [
+        json!({"argv": ["sudo", "true"]}),
+        json!({"command": format!("ls && rm -rf {}", harness.home.display())}),
+        json!({"command": "echo ok; mkfs.ext4 /dev/aiventbus-no-such-device"}),
+    ] {
+        let mut action = harness.params("shell_exec", params.clone());
+        action.owner = true;
+        let result = harness.try_execute(&action).await.unwrap();
+        let error = message(&result);
+        assert!(error.contains("refused at execution (deny."), "{params}: {error}");
+        assert!(result.run_id.is_none(), "{params}: a process was started");
+        assert_eq!(harness.outcome(&action.action_id).await.unwrap().status, "failed");
+    }
+    assert!(victim.is_dir());
+}
