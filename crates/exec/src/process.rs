@@ -468,7 +468,8 @@ impl Watched {
         if tokio::time::timeout(DRAIN, drained).await.is_err() {
             tracing::warn!(
                 pid,
-                "a process outside the run's group holds its output open; stopped reading"
+                "the run's output did not end 2 s after its group was gone (a process that left the group \
+                 holds it open, or the bus is slow); stopped reading"
             );
             // The readers hold senders of the run's events: they must go for the events to end.
             for abort in aborts {
