@@ -99,13 +99,10 @@ pub async fn start(options: Options, shutdown: CancellationToken) -> anyhow::Res
     let database = options.database.clone();
     let retention = options.settings.retention;
     let idempotency_ttl = options.settings.idempotency_ttl;
-    let db = tokio::task::spawn_blocking(move || -> Result<Db, db::StoreError> {
-        let db = Db::open(&database)?;
-        Ok(db)
-    })
-    .await
-    .context("opening the policy store")?
-    .with_context(|| format!("opening {}", options.database.display()))?;
+    let db = tokio::task::spawn_blocking(move || Db::open(&database))
+        .await
+        .context("opening the policy store")?
+        .with_context(|| format!("opening {}", options.database.display()))?;
     db.run(move |connection| {
         let now = aiventbus_rpc::time::now_ms();
         let before = now.saturating_sub(retention.as_millis() as u64);
