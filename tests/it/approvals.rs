@@ -272,6 +272,8 @@ async fn a_tainted_run_never_auto_executes_and_shell_strings_never_auto_run() {
     let trusted = publish(&setup.client, "user.task").await;
     let executed = in_trace(&setup, &trusted, "action.executed", |_| true).await;
     assert_eq!(executed.payload["status"], "succeeded", "{executed:?}");
+    // Its second round (the result fed back) takes the default answer before the next is queued.
+    in_trace(&setup, &trusted, "agent.completed", |_| true).await;
 
     // The same proposal from a clipboard event waits for a human.
     setup
@@ -392,21 +394,30 @@ async fn exec_events_carry_both_streams_the_exit_code_and_raw_bytes() {
         .filter(|e| e.topic.starts_with("exec.") && e.payload["run_id"] == run.run_id.as_str())
         .collect();
     assert_eq!(mine.first().map(|e| e.topic.as_str()), Some("exec.started"));
-    let stdout: String = mine
-        .iter()
-        .filter(|e| e.topic == "exec.output" && e.payload["stream"] == "stdout")
-        .filter_map(|e| e.payload["data"].as_str())
-        .collect();
-    let stderr: String = mine
-        .iter()
-        .filter(|e| e.topic == "exec.output" && e.payload["stream"] == "stderr")
-        .filter_map(|e| e.payload["data"].as_str())
-        .collect();
-    assert!(stdout.contains("out-1"), "{mine:?}");
-    assert_eq!(stderr, "err-2");
+    let bytes = |stream: &str| -> Vec<u8> {
+        use base64::Engine as _;
+        mine.iter()
+            .filter(|e| e.topic == "exec.output" && e.payload["stream"] == stream)
+            .flat_map(|e| match (e.payload["data"].as_str(), e.payload["data_b64"].as_str()) {
+                (Some(text), _) => text.as_bytes().to_vec(),
+                (None, Some(encoded)) => base64::engine::general_purpose::STANDARD
+                    .decode(encoded)
+                    .expect("data_b64 is base64"),
+                (None, None) => panic!("exec.output without data: {e:?}"),
+            })
+            .collect()
+    };
+    assert_eq!(bytes("stdout"), b"out-1\xff\xfe", "{mine:?}");
+    assert_eq!(bytes("stderr"), b"err-2");
     assert!(
         mine.iter().any(|e| e.payload["data_b64"].is_string()),
         "non-UTF-8 bytes come as data_b64: {mine:?}"
+    );
+    assert!(
+        mine.iter()
+            .filter(|e| e.topic == "exec.output")
+            .all(|e| e.payload["data"].is_string() != e.payload["data_b64"].is_string()),
+        "each chunk is either text or base64"
     );
 
     // The owner's command still meets the deny rules.
