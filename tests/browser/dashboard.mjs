@@ -131,22 +131,34 @@ try {
     const card = page.locator(`#approvals [data-action-id="${published.action_id}"]`);
     await card.waitFor();
     check(await page.locator('#badge-approvals').isVisible(), 'the approvals badge is hidden with an action pending');
+    await page.screenshot({ path: join(artifacts, 'dashboard-approvals.png') });
     await card.locator('button.approve').click();
     await card.waitFor({ state: 'detached' });
     // The list reloads on the action.* events that follow; the action must not come back.
-    await page.locator('#stream tr[data-topic="action.approved"]').first().waitFor();
+    // (The stream is on the hidden Events tab: attached is what counts.)
+    await page.locator('#stream tr[data-topic="action.approved"]').first().waitFor({ state: 'attached' });
     await page.locator('#approvals-empty').waitFor({ state: 'visible' });
     check((await card.count()) === 0, 'the approved action is still listed');
     say('approved', { id: published.action_id });
   }
 
   // 5. The other views load without errors.
-  for (const tab of ['requests', 'agents', 'producers', 'knowledge', 'memories', 'health']) {
+  const shows = {
+    requests: '#requests-empty, #requests .card',
+    agents: '#agents tr[data-agent-id]',
+    // Either the producers' capabilities or the plain statement that the service is not there.
+    producers: '#producers tr, #producers-down:has-text("producers service not running")',
+    knowledge: '#knowledge-empty, #knowledge tr',
+    memories: '#memories-empty, #memories tr',
+    health: '#services tr[data-service="bus"]',
+  };
+  for (const [tab, selector] of Object.entries(shows)) {
     await page.locator(`.tab[data-tab="${tab}"]`).click();
     await page.locator(`#panel-${tab}.active`).waitFor();
+    await page.locator(selector).first().waitFor();
   }
-  await page.locator('#services tr[data-service="bus"]').waitFor();
-  await page.locator('#producers-down, #producers tr').first().waitFor();
+  check((await page.locator('#services tr[data-service="gateway"] .s-running').count()) === 1, 'the gateway is not shown running');
+  await page.screenshot({ path: join(artifacts, 'dashboard-health.png') });
   check(pageErrors.length === 0, `errors in the page: ${pageErrors.join('; ')}`);
 
   // The screenshot: the live stream with the trace of the first event open.

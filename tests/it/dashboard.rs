@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use aiventbus_proto::agents::{AgentKind, AgentSpec, AgentsCreate, RuleSpec, RulesCreate};
 use aiventbus_proto::auth::DashboardLink;
-use aiventbus_proto::methods::{IdParams, NoParams};
+use aiventbus_proto::methods::{IdParams, NoParams, Trace, TraceParams};
 use aiventbus_proto::policy::{ActionStatus, ActionsGet};
 use aiventbus_testkit::wait_for_event;
 use serde_json::{Value, json};
@@ -54,13 +54,14 @@ fn browser_setup() -> Result<(PathBuf, PathBuf), String> {
     }
 }
 
-/// A command agent that proposes `shell_exec {argv: ["true"]}` (policy asks a human for it).
+/// A command agent that proposes `shell_exec {argv: ["sh", "-c", "echo approved"]}` (a shell is
+/// never auto-allowed, so policy asks a human).
 async fn proposing_agent(client: &aiventbus_client::Client, dir: &Path) {
     let script = dir.join("propose.sh");
     std::fs::write(
         &script,
         "#!/bin/sh\ncat >/dev/null\n\
-         echo '{\"type\":\"analysis\",\"summary\":\"wants to run true\",\"proposed_actions\":[{\"action_type\":\"shell_exec\",\"argv\":[\"true\"]}]}'\n",
+         echo '{\"type\":\"analysis\",\"summary\":\"wants a shell\",\"proposed_actions\":[{\"action_type\":\"shell_exec\",\"argv\":[\"sh\",\"-c\",\"echo approved\"]}]}'\n",
     )
     .expect("writing the agent program");
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
@@ -154,21 +155,38 @@ async fn dashboard_shows_live_events_as_text_and_approves_in_a_real_browser() {
         .expect("publish");
     // An action waiting for a human, created while the page is open.
     let trigger = client
-        .publish(&event("dash.trigger", json!({"please": "run true"})))
+        .publish(&event("dash.trigger", json!({"please": "run a shell"})))
         .await
         .expect("publish");
     let trace = trigger.trace_id.clone();
-    let pending = or_log(
-        &daemon,
-        wait_for_event(
-            &client,
-            "action.pending",
-            Some(trigger.seq),
-            STEP_DEADLINE,
-            move |event| event.trace_id == trace,
-        )
-        .await,
-    );
+    let waited = wait_for_event(
+        &client,
+        "action.pending",
+        Some(trigger.seq),
+        STEP_DEADLINE,
+        move |event| event.trace_id == trace,
+    )
+    .await;
+    let pending = match waited {
+        Ok(pending) => pending,
+        Err(error) => {
+            let trace = client
+                .call::<Trace>(&TraceParams {
+                    trace_id: trigger.trace_id.clone(),
+                })
+                .await
+                .map(|found| {
+                    found
+                        .events
+                        .iter()
+                        .map(|event| format!("{} {:?}", event.topic, event.payload))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                })
+                .unwrap_or_default();
+            or_log(&daemon, Err(error.context(format!("the trigger's trace:\n{trace}"))))
+        }
+    };
     let action_id = pending.payload["action_id"].as_str().expect("action_id").to_owned();
 
     let published = json!({

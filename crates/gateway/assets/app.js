@@ -1,7 +1,7 @@
 // The aiventbus dashboard: one ATP connection (/atp, authenticated by the session cookie), a live
 // event subscription that resumes after its last seq on reconnect, and one view per part of the
-// daemon. Every value from the daemon reaches the page through text nodes (el/text below) — never
-// innerHTML — so an event carrying markup shows the markup as text and runs nothing.
+// daemon. Every value from the daemon reaches the page through text nodes (el/text below), never
+// parsed as markup, so an event carrying markup shows the markup as text and runs nothing.
 'use strict';
 
 (() => {
@@ -298,6 +298,8 @@
       el('td', { class: 'c-source' }, event.source || ''),
       el('td', {}, el('span', { class: 'preview' }, preview(event.payload))),
     );
+    // Highlighted once on arrival; the class goes so a tab shown later does not replay it.
+    row.addEventListener('animationend', () => row.classList.remove('fresh'));
     return row;
   }
 
