@@ -405,6 +405,45 @@ async fn atp_refuses_bad_credentials_and_foreign_pages_before_the_upgrade() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn atp_refuses_an_expired_session_before_the_upgrade() {
+    let mut daemon = support::start().await;
+    let client = daemon.client().await.unwrap();
+    let base = http_base(&daemon).await;
+    let login = session_token(&base, &client, "ivy", Role::Operator).await;
+    let token = login["token"].as_str().unwrap().to_owned();
+    let mut atp = Atp::connect(&base, &token).await;
+    assert_ok(&atp.cmd("v", "system", "version", json!({})).await);
+    drop(atp);
+    drop(client);
+
+    // Age the session past its expiry while the daemon is down.
+    daemon = tokio::task::spawn_blocking(move || {
+        daemon.stop(Duration::from_secs(30)).expect("stopping the daemon");
+        daemon
+    })
+    .await
+    .unwrap();
+    let database = daemon.paths.state_dir.join("gateway.db");
+    let connection = rusqlite::Connection::open(&database).expect("opening gateway.db");
+    let aged = connection
+        .execute("UPDATE sessions SET expires_at_ms = 1 WHERE user = 'ivy'", [])
+        .expect("ageing the session");
+    assert_eq!(aged, 1);
+    drop(connection);
+    daemon = tokio::task::spawn_blocking(move || {
+        daemon.launch().expect("restarting the daemon");
+        daemon
+    })
+    .await
+    .unwrap();
+
+    let base = http_base(&daemon).await;
+    let refused = Atp::try_connect(&base, &[("authorization", format!("Bearer {token}"))], "").await;
+    assert_eq!(refused_status(refused), 401, "an expired session opened a connection");
+    support::shut_down(daemon).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn atp_runs_a_command_id_once_and_answers_malformed_frames() {
     let daemon = support::start().await;
     let client = daemon.client().await.unwrap();
