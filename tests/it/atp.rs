@@ -493,6 +493,12 @@ async fn atp_runs_a_command_id_once_and_answers_malformed_frames() {
         assert_eq!(reply["id"], id, "{shown}: {reply}");
         assert_error(&reply, "EPARSE");
     }
+    // A subscription the bus refuses is answered by a failed reply with id null.
+    atp.send(json!({"type": "subscribe", "events": ["Not A Pattern"]})).await;
+    let refused = atp.recv().await;
+    assert_eq!(refused["type"], "reply", "{refused}");
+    assert_eq!(refused["id"], Value::Null, "{refused}");
+    assert_error(&refused, "EPARSE");
     // Unknown methods and bad params map to EPARSE too; the connection still answers.
     assert_error(&atp.cmd("u1", "events", "explode", json!({})).await, "EPARSE");
     let bad = atp.cmd("u2", "events", "publish", json!({"topic": "Bad Topic"})).await;
