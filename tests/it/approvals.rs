@@ -398,25 +398,31 @@ async fn exec_events_carry_both_streams_the_exit_code_and_raw_bytes() {
         use base64::Engine as _;
         mine.iter()
             .filter(|e| e.topic == "exec.output" && e.payload["stream"] == stream)
-            .flat_map(|e| match (e.payload["data"].as_str(), e.payload["data_b64"].as_str()) {
-                (Some(text), _) => text.as_bytes().to_vec(),
-                (None, Some(encoded)) => base64::engine::general_purpose::STANDARD
-                    .decode(encoded)
-                    .expect("data_b64 is base64"),
-                (None, None) => panic!("exec.output without data: {e:?}"),
+            .flat_map(|e| {
+                match (
+                    e.payload.get("data").and_then(Value::as_str),
+                    e.payload.get("data_b64").and_then(Value::as_str),
+                ) {
+                    (Some(text), _) => text.as_bytes().to_vec(),
+                    (None, Some(encoded)) => base64::engine::general_purpose::STANDARD
+                        .decode(encoded)
+                        .expect("data_b64 is base64"),
+                    (None, None) => panic!("exec.output without data: {e:?}"),
+                }
             })
             .collect()
     };
     assert_eq!(bytes("stdout"), b"out-1\xff\xfe", "{mine:?}");
     assert_eq!(bytes("stderr"), b"err-2");
     assert!(
-        mine.iter().any(|e| e.payload["data_b64"].is_string()),
+        mine.iter()
+            .any(|e| e.payload.get("data_b64").is_some_and(Value::is_string)),
         "non-UTF-8 bytes come as data_b64: {mine:?}"
     );
     assert!(
         mine.iter()
             .filter(|e| e.topic == "exec.output")
-            .all(|e| e.payload["data"].is_string() != e.payload["data_b64"].is_string()),
+            .all(|e| e.payload.contains_key("data") != e.payload.contains_key("data_b64")),
         "each chunk is either text or base64"
     );
 
