@@ -49,9 +49,30 @@ reply=$(printf '%s\n' '{"jsonrpc":"2.0","id":1,"method":"keys.create","params":{
 key=$(printf '%s' "$reply" | sed -n 's/.*"key":"\(aib_[A-Za-z0-9_-]*\)".*/\1/p')
 [[ -n "$key" ]] || { echo "keys.create failed: $reply" >&2; exit 1; }
 
+# CPU time (clock ticks) each service has used so far, as "name ticks" lines.
+cpu_ticks() {
+  for pid in $(pgrep -P "$init_pid"); do
+    [[ -r /proc/$pid/stat ]] || continue
+    # comm may hold spaces: split after its closing parenthesis (fields 14 and 15: utime, stime).
+    stat=$(cat "/proc/$pid/stat")
+    name=$(cat "/proc/$pid/comm")
+    rest=${stat##*) }
+    read -r -a fields <<<"$rest"
+    echo "$name $((fields[11] + fields[12]))"
+  done | sort
+}
+
 echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency POST http://$addr/api/v1/events ($(nproc) cores)"
-AIVENTBUS_KEY="$key" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s benches/wrk/publish.lua \
-  "http://$addr/api/v1/events"
+before=$(cpu_ticks)
+wrk_out=$(AIVENTBUS_KEY="$key" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s benches/wrk/publish.lua \
+  "http://$addr/api/v1/events")
+after=$(cpu_ticks)
+echo "$wrk_out"
+requests=$(printf '%s\n' "$wrk_out" | sed -n 's/^ *\([0-9]*\) requests in.*/\1/p')
+hz=$(getconf CLK_TCK)
+echo "CPU per request by service (µs):"
+join <(echo "$before") <(echo "$after") \
+  | awk -v hz="$hz" -v n="${requests:-0}" 'n > 0 { printf "  %-20s %6.1f\n", $1, ($3 - $2) * 1e6 / hz / n }'
 
 stored=$(printf '%s\n' '{"jsonrpc":"2.0","id":2,"method":"topics.list"}' \
   | socat -t 5 - "UNIX-CONNECT:$root/run/api.sock" | sed -n 's/.*"topic":"bench.http","count":\([0-9]*\).*/\1/p')

@@ -338,7 +338,9 @@ impl App {
                 "subscriptions are opened with ATP's subscribe frame, or events.subscribe on api.sock",
             ));
         }
-        let closed = self.shutdown.child_token();
+        // A token of its own (not a child of the shutdown token, whose tree every request would
+        // lock): the call ends with its HTTP deadline or its WebSocket, and is cancelled here.
+        let closed = CancellationToken::new();
         let peer = Peer::in_process(principal.subject(), principal.via, closed.clone());
         let result = self.table.call(&peer, method, params).await;
         closed.cancel();
