@@ -343,3 +343,163 @@ mod tests {
         assert!(serde_urlencoded_pairs("a=%zz").unwrap_err().contains("\"a\""));
     }
 }
+
+/// The HTTP face served in-process over real TCP, with fake upstream services on Unix sockets
+/// that answer only when told to: deadlines and the shutdown drain, deterministically.
+#[cfg(test)]
+mod serving {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use aiventbus_proto::auth::Role;
+    use aiventbus_rpc::config::GatewayConfig;
+    use aiventbus_rpc::token::Key;
+    use aiventbus_rpc::{Client, Endpoint};
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::{TcpListener, TcpStream, UnixListener};
+    use tokio::sync::{mpsc, watch};
+    use tokio_util::sync::CancellationToken;
+
+    use crate::api::{Local, Upstreams, methods};
+    use crate::app::{App, Listening};
+    use crate::auth::AuthStore;
+    use crate::secrets::SecretStore;
+
+    /// A service socket that reports each request's method and answers `{"ok": true}` once
+    /// `release` turns true.
+    fn fake_service(path: &Path) -> (mpsc::Receiver<String>, watch::Sender<bool>) {
+        let listener = UnixListener::bind(path).unwrap();
+        let (seen_tx, seen) = mpsc::channel(16);
+        let (release, released) = watch::channel(false);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (seen_tx, mut released) = (seen_tx.clone(), released.clone());
+                tokio::spawn(async move {
+                    let (read, mut write) = stream.into_split();
+                    let mut lines = BufReader::new(read).lines();
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        let request: serde_json::Value = serde_json::from_str(&line).unwrap();
+                        let _ = seen_tx.send(request["method"].as_str().unwrap().to_owned()).await;
+                        let _ = released.wait_for(|released| *released).await;
+                        let reply = serde_json::json!({"jsonrpc": "2.0", "id": request["id"], "result": {"ok": true}});
+                        let _ = write.write_all(format!("{reply}\n").as_bytes()).await;
+                    }
+                });
+            }
+        });
+        (seen, release)
+    }
+
+    struct Gateway {
+        _dir: tempfile::TempDir,
+        addr: std::net::SocketAddr,
+        key: String,
+        shutdown: CancellationToken,
+        server: tokio::task::JoinHandle<()>,
+        seen: mpsc::Receiver<String>,
+        release: watch::Sender<bool>,
+    }
+
+    async fn gateway(config: GatewayConfig) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let (seen, release) = fake_service(&dir.path().join("bus.sock"));
+        let secrets_key = Key::from_bytes([5; 32]);
+        let auth = Arc::new(AuthStore::open(&dir.path().join("gateway.db"), &secrets_key).unwrap());
+        let secrets = Arc::new(SecretStore::new(auth.db(), &secrets_key).unwrap());
+        let key = auth.create_key("tester", Role::Viewer, None).unwrap().key;
+        let client = |name: &str| Client::new(Endpoint::public(dir.path().join(format!("{name}.sock"))));
+        let upstreams = Arc::new(Upstreams {
+            bus: client("bus"),
+            publishers: vec![client("bus")],
+            init: client("init"),
+            llm: client("llm"),
+            router: client("router"),
+            policy: client("policy"),
+            exec: client("exec"),
+        });
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listening = Listening {
+            addr: tcp.local_addr().unwrap(),
+            tls: false,
+        };
+        let table = Arc::new(methods(
+            upstreams.clone(),
+            Local {
+                auth: auth.clone(),
+                secrets: secrets.clone(),
+                base_url: listening.base_url(),
+            },
+        ));
+        let shutdown = CancellationToken::new();
+        let app = Arc::new(App::new(
+            config,
+            upstreams,
+            auth,
+            secrets,
+            table,
+            listening,
+            shutdown.clone(),
+        ));
+        let server = tokio::spawn(crate::listener::serve(
+            tcp,
+            None,
+            super::router(app.clone()),
+            app.metrics().clone(),
+            shutdown.clone(),
+        ));
+        Gateway {
+            _dir: dir,
+            addr: listening.addr,
+            key,
+            shutdown,
+            server,
+            seen,
+            release,
+        }
+    }
+
+    /// Sends one request and returns the whole answer as text.
+    async fn get(addr: std::net::SocketAddr, path: &str, key: &str) -> String {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        answer
+    }
+
+    #[tokio::test]
+    async fn a_request_past_its_deadline_is_504() {
+        let config = GatewayConfig {
+            request_timeout: std::time::Duration::from_millis(200),
+            ..GatewayConfig::default()
+        };
+        let mut gateway = gateway(config).await;
+        let answer = get(gateway.addr, "/api/v1/events/evt_1", &gateway.key).await;
+        assert_eq!(gateway.seen.recv().await.as_deref(), Some("events.get"));
+        assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
+        assert!(answer.contains(r#""code":"timeout""#), "{answer}");
+        gateway.shutdown.cancel();
+        gateway.server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn shutdown_lets_open_requests_finish_and_takes_no_new_ones() {
+        let mut gateway = gateway(GatewayConfig::default()).await;
+        let (addr, key) = (gateway.addr, gateway.key.clone());
+        let open = tokio::spawn(async move { get(addr, "/api/v1/events/evt_1", &key).await });
+        assert_eq!(gateway.seen.recv().await.as_deref(), Some("events.get"));
+        gateway.shutdown.cancel();
+        // The request already in flight still gets its answer.
+        gateway.release.send(true).unwrap();
+        let answer = open.await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.ends_with(r#"{"ok":true}"#), "{answer}");
+        gateway.server.await.unwrap();
+        assert!(
+            TcpStream::connect(gateway.addr).await.is_err(),
+            "no new connections after the drain"
+        );
+    }
+}
