@@ -64,8 +64,9 @@ pub struct State {
     subscriptions: Mutex<HashMap<(u64, String), CancellationToken>>,
 }
 
-/// Forwarded to policy as they are.
-const POLICY_METHODS: [&str; 13] = [
+/// Forwarded to policy as they are (`inbox.poll`, `policy.explain` and the decisions have their
+/// own handlers below).
+const POLICY_METHODS: [&str; 11] = [
     policy::ActionsGet::NAME,
     policy::ActionsPending::NAME,
     policy::ActionsHistory::NAME,
@@ -77,9 +78,6 @@ const POLICY_METHODS: [&str; 13] = [
     policy::RequestsGet::NAME,
     policy::RequestsList::NAME,
     policy::InboxAck::NAME,
-    // Long polls get their own deadline (see `inbox_poll`); listed here for the docs' sake.
-    policy::InboxPoll::NAME,
-    policy::PolicyExplain::NAME,
 ];
 
 /// Methods of the producers service, which does not run yet: the routes exist and answer -32005.
@@ -181,9 +179,6 @@ pub fn methods(upstreams: Arc<Upstreams>, local: Local) -> Methods<State> {
         },
     );
     for name in POLICY_METHODS {
-        if name == policy::InboxPoll::NAME || name == policy::PolicyExplain::NAME {
-            continue;
-        }
         table.add_raw(name, move |state: Arc<State>, _peer, params| {
             Box::pin(async move { forward(&state.upstreams.policy, name, params).await })
         });

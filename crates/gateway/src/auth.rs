@@ -329,7 +329,10 @@ impl AuthStore {
 
     /// Who `token` (an API key, ATP session token or dashboard session id) belongs to.
     pub fn lookup(&self, token: &str) -> Result<Identity, Refusal> {
-        if token.len() > 256 {
+        let known_kind = [KEY_PREFIX, SESSION_TOKEN_PREFIX, DASHBOARD_PREFIX]
+            .iter()
+            .any(|prefix| token.starts_with(prefix));
+        if token.len() > 256 || !known_kind {
             return Err(Refusal::Unknown);
         }
         let digest = self.digest(token);
