@@ -91,6 +91,12 @@ async fn in_trace(setup: &Setup, published: &PublishResult, topic: &str, matches
     )
 }
 
+/// The events on `topic` in the trace of `published`, in seq order.
+async fn of_topic(client: &Client, published: &PublishResult, topic: &str) -> Vec<Event> {
+    let trace = client.trace(&published.trace_id).await.expect("events.trace");
+    trace.events.into_iter().filter(|e| e.topic == topic).collect()
+}
+
 async fn action(client: &Client, id: &str) -> ActionRecord {
     client
         .call::<ActionsGet>(&IdParams { id: id.to_owned() })
@@ -173,15 +179,7 @@ async fn an_approved_action_runs_once_and_its_result_goes_back_to_the_model() {
     assert!(second_round.contains("approved-output-7f3"), "{second_round}");
     assert_eq!(action(&setup.client, &id).await.status, ActionStatus::Succeeded);
     assert_eq!(std::fs::read_to_string(&marker).unwrap(), "ran\n", "ran exactly once");
-    let executed: Vec<Event> = setup
-        .client
-        .trace(&published.trace_id)
-        .await
-        .unwrap()
-        .events
-        .into_iter()
-        .filter(|e| e.topic == "exec.started")
-        .collect();
+    let executed: Vec<Event> = of_topic(&setup.client, &published, "exec.started").await;
     assert_eq!(executed.len(), 1, "{executed:?}");
 }
 
@@ -225,15 +223,7 @@ async fn deny_rules_refuse_at_once_and_leave_nothing_pending() {
     ])));
     let published = publish(&setup.client, "user.task").await;
     in_trace(&setup, &published, "agent.completed", |_| true).await;
-    let denials: Vec<Event> = setup
-        .client
-        .trace(&published.trace_id)
-        .await
-        .unwrap()
-        .events
-        .into_iter()
-        .filter(|e| e.topic == "system.action_denied")
-        .collect();
+    let denials: Vec<Event> = of_topic(&setup.client, &published, "system.action_denied").await;
     assert_eq!(denials.len(), 3, "{denials:?}");
     for denial in &denials {
         assert!(
@@ -319,15 +309,7 @@ async fn file_actions_stay_inside_their_roots() {
     let fed_back = chat_text(&setup.server, 1).await;
     assert!(fed_back.contains("inside-root-5d1"), "{fed_back}");
     assert!(!fed_back.contains("outside-secret"), "{fed_back}");
-    let denials = setup
-        .client
-        .trace(&published.trace_id)
-        .await
-        .unwrap()
-        .events
-        .into_iter()
-        .filter(|e| e.topic == "system.action_denied")
-        .count();
+    let denials = of_topic(&setup.client, &published, "system.action_denied").await.len();
     assert_eq!(denials, 3);
     assert!(!dir.path().join("escaped.txt").exists());
     assert!(pending(&setup.client).await.is_empty());
@@ -345,15 +327,7 @@ async fn requests_to_loopback_and_metadata_addresses_are_refused() {
     ])));
     let published = publish(&setup.client, "user.task").await;
     in_trace(&setup, &published, "agent.completed", |_| true).await;
-    let denials: Vec<Event> = setup
-        .client
-        .trace(&published.trace_id)
-        .await
-        .unwrap()
-        .events
-        .into_iter()
-        .filter(|e| e.topic == "system.action_denied")
-        .collect();
+    let denials: Vec<Event> = of_topic(&setup.client, &published, "system.action_denied").await;
     assert_eq!(denials.len(), 3, "{denials:?}");
     assert!(
         !setup.server.requests().iter().any(|r| r.path == "/ssrf-probe"),
@@ -480,14 +454,6 @@ async fn killing_exec_mid_action_marks_it_interrupted_and_it_is_not_run_again() 
         .await,
     );
     in_trace(&setup, &published, "agent.completed", |_| true).await;
-    let starts = setup
-        .client
-        .trace(&published.trace_id)
-        .await
-        .unwrap()
-        .events
-        .into_iter()
-        .filter(|e| e.topic == "exec.started")
-        .count();
+    let starts = of_topic(&setup.client, &published, "exec.started").await.len();
     assert_eq!(starts, 1, "an interrupted action is never run again");
 }
