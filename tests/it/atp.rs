@@ -494,7 +494,8 @@ async fn atp_runs_a_command_id_once_and_answers_malformed_frames() {
         assert_error(&reply, "EPARSE");
     }
     // A subscription the bus refuses is answered by a failed reply with id null.
-    atp.send(json!({"type": "subscribe", "events": ["Not A Pattern"]})).await;
+    atp.send(json!({"type": "subscribe", "events": ["Not A Pattern"]}))
+        .await;
     let refused = atp.recv().await;
     assert_eq!(refused["type"], "reply", "{refused}");
     assert_eq!(refused["id"], Value::Null, "{refused}");
@@ -651,6 +652,48 @@ async fn atp_replays_exactly_what_was_missed_after_a_reconnect() {
         other,
         "an event of the replaced subscription arrived"
     );
+    support::shut_down(daemon).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn atp_replays_a_backlog_far_larger_than_the_queue_whole_and_in_order() {
+    // A queue of 16 frames and a backlog of 3000: the replay must wait for the reader, not cut it
+    // off, and every frame must arrive.
+    let daemon = support::start_with_config("[gateway]\natp_send_queue = 16\n").await;
+    let client = daemon.client().await.unwrap();
+    let base = http_base(&daemon).await;
+    let key = api_key(&client, "kim", Role::Viewer).await;
+    let total = 3000u64;
+    for chunk in 0..total / 100 {
+        let publishes = (0..100).map(|i| {
+            let client = client.clone();
+            async move {
+                client
+                    .publish(&support::event("backlog.item", json!({"n": chunk * 100 + i})))
+                    .await
+                    .expect("publish")
+            }
+        });
+        futures_util::future::join_all(publishes).await;
+    }
+    let stored: Vec<u64> = events_on(&client, "backlog.item").await.iter().map(|e| e.seq).collect();
+    assert_eq!(stored.len() as u64, total);
+
+    let mut atp = Atp::connect(&base, &key).await;
+    atp.subscribe(&["backlog.*"], Some(0)).await;
+    let mut replayed = Vec::with_capacity(stored.len());
+    for _ in 0..total {
+        let event = atp.event().await;
+        replayed.push(event["seq"].as_u64().expect("seq"));
+    }
+    assert_eq!(replayed, stored, "the replay is not the backlog, whole and in order");
+    // Live again after it, on the same connection.
+    let live = client
+        .publish(&support::event("backlog.item", json!({"n": "live"})))
+        .await
+        .unwrap()
+        .seq;
+    assert_eq!(atp.event().await["seq"], live);
     support::shut_down(daemon).await;
 }
 

@@ -4,10 +4,11 @@
 //! `event` frames). One writer task drains the queue into the socket.
 //!
 //! Overflow: replies wait for room (the reader stops reading while [`MAX_IN_FLIGHT`] commands are
-//! running, so a client that sends without reading slows itself down); events never wait — an
-//! event that finds the queue full cuts the connection off as a slow consumer: a `closing` frame
-//! with `ELIMIT` and `next_seq` (the first event not written), then close code 1008. Nothing blocks
-//! another connection and nothing grows without bound.
+//! running, so a client that sends without reading slows itself down), and so do replayed events
+//! (the store can wait for the client). Live events never wait — a live event that finds the queue
+//! full cuts the connection off as a slow consumer: a `closing` frame with `ELIMIT` and `next_seq`
+//! (the first event not written), then close code 1008. Nothing blocks another connection and
+//! nothing grows without bound. The writer sends what is queued in batches, one flush each.
 
 use std::collections::HashSet;
 use std::hash::{BuildHasher, RandomState};
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 use aiventbus_proto::ErrorCode;
 use aiventbus_proto::auth::Role;
+use aiventbus_proto::methods::{Health, NoParams};
 use aiventbus_rpc::RpcError;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::SplitSink;
@@ -39,6 +41,8 @@ pub const MAX_IN_FLIGHT: usize = 64;
 pub const MAX_IDS: usize = 1_000_000;
 /// How long a connection being cut off (or closed) may take to write its last frames.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// Frames written to the socket with one flush at most.
+const WRITE_BATCH: usize = 64;
 /// How long a subscription whose bus connection broke keeps trying to reopen it.
 const RESUBSCRIBE_FOR: Duration = Duration::from_secs(20);
 
@@ -120,6 +124,25 @@ impl Outbox {
             }
             Err(TrySendError::Closed(_)) => false,
         }
+    }
+
+    /// Queues an event of subscription `generation`, waiting for room: for replayed events, whose
+    /// source (the store) can wait. False when the subscription should stop.
+    async fn send_event(&self, generation: u64, seq: u64, frame: String) -> bool {
+        let permit = tokio::select! {
+            biased;
+            _ = self.cut.cancelled() => return false,
+            permit = self.queue.reserve() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return false,
+            },
+        };
+        let current = lock(&self.generation);
+        if *current != generation {
+            return false;
+        }
+        permit.send(Outbound::Event { seq, frame });
+        true
     }
 
     /// Cuts the connection off for `why` (the first reason given wins).
@@ -492,6 +515,12 @@ impl Follow {
         let mut lost_since: Option<Instant> = None;
         let mut backoff = Duration::from_millis(100);
         loop {
+            // Stored events up to the head are a replay: the store can wait for the client, so they
+            // wait for room in the queue; only live events cut a client off that lets it fill.
+            let replay_until = match next_seq {
+                Some(_) => self.head().await,
+                None => None,
+            };
             let mut subscription = match self.app.subscribe(&principal, self.patterns.clone(), next_seq).await {
                 Ok(subscription) => subscription,
                 Err(error) if !opened_once => {
@@ -533,7 +562,12 @@ impl Follow {
                         if next_seq.is_some_and(|next| seq < next) {
                             continue;
                         }
-                        if !self.outbox.push_event(self.generation, seq, frame) {
+                        let queued = if replay_until.is_some_and(|head| seq <= head) {
+                            self.outbox.send_event(self.generation, seq, frame).await
+                        } else {
+                            self.outbox.push_event(self.generation, seq, frame)
+                        };
+                        if !queued {
                             return;
                         }
                         next_seq = Some(seq + 1);
@@ -559,6 +593,12 @@ impl Follow {
             tracing::debug!(?next_seq, "the bus subscription ended; reopening");
         }
     }
+
+    /// The bus's newest seq (`None` when the bus does not say).
+    async fn head(&self) -> Option<u64> {
+        let health = self.app.bus().call::<Health>(&NoParams {}).await.ok()?;
+        health.details.get("head").and_then(Value::as_u64)
+    }
 }
 
 /// Drains the queue into the socket. When the connection is cut off it tries, for a bounded time,
@@ -566,35 +606,57 @@ impl Follow {
 async fn write(mut sink: SplitSink<WebSocket, Message>, mut queue: mpsc::Receiver<Outbound>, outbox: Arc<Outbox>) {
     // The first seq the client has not been written: where a cut-off subscriber resumes.
     let mut next_seq: Option<u64> = None;
-    loop {
-        let item = tokio::select! {
+    'connection: loop {
+        let first = tokio::select! {
             biased;
             _ = outbox.cut.cancelled() => break,
             item = queue.recv() => item,
         };
-        let message = match item {
-            None => break,
-            Some(Outbound::Frame(frame)) => Message::Text(Utf8Bytes::from(frame)),
-            Some(Outbound::Event { seq, frame }) => {
-                next_seq = Some(seq + 1);
-                Message::Text(Utf8Bytes::from(frame))
-            }
-            Some(Outbound::Subscribed { next_seq: first, frame }) => {
-                next_seq = first;
-                Message::Text(Utf8Bytes::from(frame))
-            }
-            Some(Outbound::Ping) => Message::Ping(bytes::Bytes::new()),
-            Some(Outbound::Close(ending)) => {
-                let _ = tokio::time::timeout(CLOSE_GRACE, say_goodbye(&mut sink, &ending, next_seq)).await;
+        let Some(mut item) = first else { break };
+        // What is already queued goes out in one write: one flush (one syscall) per batch rather
+        // than per frame, which is what keeps a busy subscription cheap.
+        let mut batched = 0;
+        loop {
+            let message = match item {
+                Outbound::Frame(frame) => Message::Text(Utf8Bytes::from(frame)),
+                Outbound::Event { seq, frame } => {
+                    next_seq = Some(seq + 1);
+                    Message::Text(Utf8Bytes::from(frame))
+                }
+                Outbound::Subscribed { next_seq: first, frame } => {
+                    next_seq = first;
+                    Message::Text(Utf8Bytes::from(frame))
+                }
+                Outbound::Ping => Message::Ping(bytes::Bytes::new()),
+                Outbound::Close(ending) => {
+                    let _ = tokio::time::timeout(CLOSE_GRACE, say_goodbye(&mut sink, &ending, next_seq)).await;
+                    return;
+                }
+            };
+            let fed = tokio::select! {
+                biased;
+                _ = outbox.cut.cancelled() => break 'connection,
+                fed = sink.feed(message) => fed,
+            };
+            if fed.is_err() {
+                outbox.cut.cancel();
                 return;
             }
-        };
-        let sent = tokio::select! {
+            batched += 1;
+            if batched == WRITE_BATCH {
+                break;
+            }
+            match queue.try_recv() {
+                Ok(next) => item = next,
+                Err(_) => break,
+            }
+        }
+        let flushed = tokio::select! {
             biased;
             _ = outbox.cut.cancelled() => break,
-            sent = sink.send(message) => sent,
+            flushed = sink.flush() => flushed,
         };
-        if sent.is_err() {
+        if flushed.is_err() {
             outbox.cut.cancel();
             return;
         }
