@@ -31,7 +31,7 @@ struct Setup {
 }
 
 async fn start(extra_config: &str) -> Setup {
-    let server = ModelServer::start().await.unwrap();
+    let server = ModelServer::start().await.expect("model server");
     let config = format!(
         "[providers.ollama]\nbase_url = \"{}\"\n{extra_config}",
         server.ollama_url()
