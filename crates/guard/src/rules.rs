@@ -16,6 +16,9 @@ use crate::{Refusal, Settings, paths};
 /// How deep shell strings may nest (`bash -c "eval '…'"`) before the action is refused.
 const MAX_NESTING: usize = 8;
 
+/// Longest shell string checked; longer ones are refused rather than half-checked.
+pub(crate) const MAX_SCRIPT_LEN: usize = 64 * 1024;
+
 /// Top-level directories whose recursive deletion (or chmod/chown) breaks the system.
 const SYSTEM_DIRS: [&str; 24] = [
     "bin",
@@ -135,6 +138,15 @@ impl<'a> Checker<'a> {
             return Err(Refusal::new(
                 "deny.unparseable",
                 format!("shell strings nest more than {MAX_NESTING} levels deep{context}"),
+            ));
+        }
+        if script.len() > MAX_SCRIPT_LEN {
+            return Err(Refusal::new(
+                "deny.unparseable",
+                format!(
+                    "a shell string of {} bytes is longer than the {MAX_SCRIPT_LEN} bytes that are checked{context}",
+                    script.len()
+                ),
             ));
         }
         if let Some(name) = textual_fork_bomb(script) {
@@ -661,23 +673,50 @@ impl paths::Protected {
     }
 }
 
-/// A shell glob match of one component (`*`, `?`, `[…]` as any one character).
+/// A shell glob match of one component (`*`, `?`, `[…]` as any one character), in linear time
+/// per star (the usual backtrack-to-the-last-star walk, not recursion).
 fn glob_match(pattern: &str, name: &str) -> bool {
-    fn inner(pattern: &[char], name: &[char]) -> bool {
-        match pattern.split_first() {
-            None => name.is_empty(),
-            Some(('*', rest)) => (0..=name.len()).any(|skip| inner(rest, &name[skip..])),
-            Some(('?', rest)) => !name.is_empty() && inner(rest, &name[1..]),
-            Some(('[', rest)) => {
-                let close = rest.iter().position(|c| *c == ']').map_or(0, |p| p + 1);
-                !name.is_empty() && inner(&rest[close..], &name[1..])
+    let mut tokens = Vec::new();
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        tokens.push(match c {
+            '*' => None,
+            '?' => Some(None),
+            '[' => {
+                for inner in chars.by_ref() {
+                    if inner == ']' {
+                        break;
+                    }
+                }
+                Some(None)
             }
-            Some((c, rest)) => name.first() == Some(c) && inner(rest, &name[1..]),
+            other => Some(Some(other)),
+        });
+    }
+    let name: Vec<char> = name.chars().collect();
+    let (mut t, mut n) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while n < name.len() {
+        match tokens.get(t) {
+            Some(Some(expected)) if expected.is_none_or(|c| c == name[n]) => {
+                t += 1;
+                n += 1;
+            }
+            Some(None) => {
+                star = Some((t, n));
+                t += 1;
+            }
+            _ => match star {
+                Some((star_t, star_n)) => {
+                    t = star_t + 1;
+                    n = star_n + 1;
+                    star = Some((star_t, star_n + 1));
+                }
+                None => return false,
+            },
         }
     }
-    let pattern: Vec<char> = pattern.chars().collect();
-    let name: Vec<char> = name.chars().collect();
-    inner(&pattern, &name)
+    tokens[t..].iter().all(Option::is_none)
 }
 
 fn is_system_dir(components: &[String]) -> bool {
@@ -696,8 +735,7 @@ fn variable_at(word: &str, at: usize) -> (Option<String>, usize) {
     match bytes.get(at + 1) {
         Some(b'{') => {
             let end = word[at..].find('}').map_or(bytes.len(), |e| at + e + 1);
-            let inner = &word[(at + 2).min(end)..end.saturating_sub(1).max(at + 2)];
-            let name: String = inner
+            let name: String = word[at + 2..]
                 .chars()
                 .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
                 .collect();
@@ -883,15 +921,21 @@ fn textual_fork_bomb(script: &str) -> Option<String> {
 /// A function whose body calls itself in the background or piped into itself.
 fn structural_fork_bomb(parsed: &Script) -> Option<(usize, String)> {
     for function in &parsed.functions {
-        let calls: Vec<usize> = function
-            .body
-            .clone()
-            .filter(|&i| parsed.commands[i].argv.first() == Some(&function.name))
-            .collect();
-        let backgrounded = calls.iter().find(|&&i| parsed.commands[i].background);
-        let piped = calls.iter().find(|&&a| calls.iter().any(|&b| parsed.pipes_into(a, b)));
-        if let Some(&index) = backgrounded.or(piped) {
-            return Some((index, function.name.clone()));
+        let mut stages: HashMap<usize, (usize, usize)> = HashMap::new();
+        for index in function.body.clone() {
+            let command = &parsed.commands[index];
+            if command.argv.first() != Some(&function.name) {
+                continue;
+            }
+            if command.background {
+                return Some((index, function.name.clone()));
+            }
+            for &(pipeline, stage) in &command.pipelines {
+                let (first, _) = *stages.entry(pipeline).or_insert((stage, index));
+                if first != stage {
+                    return Some((index, function.name.clone()));
+                }
+            }
         }
     }
     None

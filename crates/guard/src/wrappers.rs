@@ -8,6 +8,9 @@ use crate::shell;
 /// How many wrappers deep a command is unwrapped (`env nice timeout 5 xargs …`).
 const MAX_WRAPPERS: usize = 16;
 
+/// How many commands one argv may unwrap to (`find a b -exec find c d -exec …` fans out).
+const MAX_LEVELS: usize = 64;
+
 /// Shells (their `-c` string is parsed; fed from a pipe or heredoc, what they read is a script).
 const SHELLS: [&str; 11] = [
     "sh", "bash", "zsh", "dash", "ksh", "mksh", "ash", "yash", "fish", "csh", "tcsh",
@@ -110,7 +113,7 @@ pub(crate) fn unwrap(argv: &[String]) -> (Vec<Level>, Vec<Nested>) {
 }
 
 fn unwrap_into(argv: &[String], from_input: bool, depth: usize, levels: &mut Vec<Level>, nested: &mut Vec<Nested>) {
-    if argv.is_empty() || depth > MAX_WRAPPERS {
+    if argv.is_empty() || depth > MAX_WRAPPERS || levels.len() >= MAX_LEVELS {
         return;
     }
     levels.push(Level {

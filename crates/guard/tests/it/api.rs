@@ -194,3 +194,87 @@ fn bad_settings_name_their_keys() {
     }
     assert!(Settings::new(&PolicyInput::default(), std::path::Path::new("relative"), &[]).is_err());
 }
+
+/// A small deterministic generator (xorshift), so failures reproduce.
+struct Random(u64);
+
+impl Random {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+#[test]
+fn arbitrary_shell_strings_never_panic() {
+    let fixture = fixture();
+    const PIECES: [&str; 44] = [
+        "a", "rm", " ", " ", "-rf", "~", "/", "*", "'", "\"", "\\", "$", "(", ")", "{", "}", "`", "|", "&", ";", "<",
+        ">", "\n", "#", "é", "€", "=", "$(", "${", "$((", "<(", "<<", "EOF", "if ", "then ", "fi", "case ", " in ",
+        "esac", "[[", "]]", "\t", "sh -c ", "f(){",
+    ];
+    let mut random = Random(0x9e37_79b9_7f4a_7c15);
+    for _ in 0..20_000 {
+        let len = random.below(24);
+        let script: String = (0..len).map(|_| PIECES[random.below(PIECES.len())]).collect();
+        let map = params(json!({ "command": script }));
+        let verdict = decide(
+            &fixture.settings,
+            &Request {
+                action_type: "shell_exec",
+                params: &map,
+                agent: None,
+                tainted: false,
+                owner: false,
+            },
+        );
+        assert!(!verdict.rule.is_empty(), "{script:?}");
+        assert_ne!(
+            verdict.decision,
+            Decision::Allow,
+            "a shell string was allowed: {script:?}"
+        );
+    }
+}
+
+#[test]
+fn pathological_strings_are_refused_or_checked_quickly() {
+    let fixture = fixture();
+    let check = |script: String| {
+        let map = params(json!({ "command": script }));
+        decide(
+            &fixture.settings,
+            &Request {
+                action_type: "shell_exec",
+                params: &map,
+                agent: None,
+                tainted: false,
+                owner: false,
+            },
+        )
+    };
+    // Long keyword chains and deep nesting must not overflow the stack.
+    let verdict = check(format!("{}rm -rf ~", "! ".repeat(5000)));
+    assert_eq!(verdict.rule, "deny.rm_recursive_home");
+    let verdict = check(format!("{}x", "${".repeat(5000)));
+    assert_eq!(verdict.rule, "deny.unparseable");
+    let verdict = check(format!("{}x", "f() ".repeat(5000)));
+    assert_eq!(verdict.rule, "deny.unparseable");
+    let verdict = check("x".repeat(200_000));
+    assert_eq!(verdict.rule, "deny.unparseable");
+    assert!(verdict.reason.contains("longer than"), "{}", verdict.reason);
+    let verdict = check(format!("rm -rf ~/{}b", "*a".repeat(40)));
+    assert_eq!(verdict.decision, Decision::Confirm);
+    let verdict = check(format!(
+        "find {} -exec find {} -exec true",
+        "a b c ".repeat(3),
+        "d e f ".repeat(3)
+    ));
+    assert_eq!(verdict.decision, Decision::Confirm);
+}
