@@ -7,7 +7,7 @@ use aiventbus_proto::agents::{ACTION_TYPES, PASSIVE_ACTION_TYPES, Trust};
 use aiventbus_proto::policy::Decision;
 use serde_json::{Map, Value};
 
-use crate::patterns::{display_argv, quoted};
+use crate::patterns::{Pattern, display_argv, quoted};
 use crate::rules::Checker;
 use crate::{Refusal, Request, Settings, Verdict, net, paths};
 
@@ -171,7 +171,7 @@ fn evaluate(settings: &Settings, request: &Request, found: &mut Found) -> Outcom
                 .chain(&settings.builtin_allow)
                 .find(|pattern| pattern.matches(argv));
             if let Some(pattern) = rule {
-                if let Some(outcome) = protected_argument(settings, argv, cwd.as_deref()) {
+                if let Some(outcome) = protected_argument(settings, argv, cwd.as_deref(), Some(pattern)) {
                     return outcome;
                 }
                 let why = match &pattern.reason {
@@ -215,7 +215,7 @@ fn evaluate(settings: &Settings, request: &Request, found: &mut Found) -> Outcom
     match trust {
         Trust::Auto => {
             if let Params::Argv { argv, cwd } = &params
-                && let Some(outcome) = protected_argument(settings, argv, cwd.as_deref())
+                && let Some(outcome) = protected_argument(settings, argv, cwd.as_deref(), None)
             {
                 return outcome;
             }
@@ -312,23 +312,39 @@ fn deny_rules(settings: &Settings, action: &str, params: &Params, found: &mut Fo
 }
 
 /// Confirm when an argument (or the working directory) points into a protected location: such a
-/// command is never auto-allowed, whatever rule would allow it.
-fn protected_argument(settings: &Settings, argv: &[String], cwd: Option<&Path>) -> Option<Outcome> {
-    let base = cwd.unwrap_or(&settings.home);
+/// command is never auto-allowed, whatever rule would allow it. Arguments an allow pattern spells
+/// out literally were chosen by whoever wrote the pattern, so only the others are looked at.
+fn protected_argument(
+    settings: &Settings,
+    argv: &[String],
+    cwd: Option<&Path>,
+    pattern: Option<&Pattern>,
+) -> Option<Outcome> {
     let shown = quoted(&display_argv(argv));
-    if let Some(cwd) = cwd
-        && let Some(location) = paths::protected(settings, &paths::resolve_lenient(cwd))
-    {
-        return Some(outcome(
-            Decision::Confirm,
-            "protected_path",
-            format!(
-                "{shown} runs in {}, inside the protected location {location}",
-                cwd.display()
-            ),
-        ));
-    }
-    for arg in &argv[1..] {
+    let base = match cwd {
+        Some(cwd) => {
+            let resolved = paths::resolve_lenient(cwd);
+            if let Some(location) = paths::protected(settings, &resolved) {
+                return Some(outcome(
+                    Decision::Confirm,
+                    "protected_path",
+                    format!(
+                        "{shown} runs in {}, inside the protected location {location}",
+                        cwd.display()
+                    ),
+                ));
+            }
+            resolved
+        }
+        None => settings.home.clone(),
+    };
+    for (index, arg) in argv.iter().enumerate().skip(1) {
+        let literal = pattern
+            .and_then(|pattern| pattern.tokens.get(index))
+            .is_some_and(|token| token != "*" && token != "**");
+        if literal {
+            continue;
+        }
         let value = if let Some(long) = arg.strip_prefix("--") {
             match long.split_once('=') {
                 Some((_, value)) => value,
@@ -343,12 +359,12 @@ fn protected_argument(settings: &Settings, argv: &[String], cwd: Option<&Path>) 
             continue;
         }
         let expanded = expand_argument(value, settings);
-        let absolute = if expanded.is_absolute() {
-            expanded
+        let resolved = if expanded.is_absolute() {
+            paths::resolve_lenient(&expanded)
         } else {
-            base.join(expanded)
+            paths::resolve_under(&base, &expanded)
         };
-        if let Some(location) = paths::protected(settings, &paths::resolve_lenient(&absolute)) {
+        if let Some(location) = paths::protected(settings, &resolved) {
             return Some(outcome(
                 Decision::Confirm,
                 "protected_path",

@@ -151,6 +151,21 @@ pub(crate) fn resolve_lenient(path: &Path) -> PathBuf {
     canonical(path).unwrap_or_else(|_| normalize(path))
 }
 
+/// Resolves a relative path under an already canonical directory: a plain file name costs one
+/// `lstat` (it is canonical unless it is a symbolic link); anything else is resolved in full.
+pub(crate) fn resolve_under(base: &Path, relative: &Path) -> PathBuf {
+    let candidate = base.join(relative);
+    let mut components = relative.components();
+    if let (Some(Component::Normal(_)), None) = (components.next(), components.next()) {
+        match fs::symlink_metadata(&candidate) {
+            Ok(meta) if meta.file_type().is_symlink() => resolve_lenient(&candidate),
+            _ => candidate,
+        }
+    } else {
+        resolve_lenient(&candidate)
+    }
+}
+
 /// `.` and `..` applied lexically (`/..` stays `/`).
 pub(crate) fn normalize(path: &Path) -> PathBuf {
     let mut out = PathBuf::new();
