@@ -152,7 +152,10 @@ pub fn check_url(settings: &Settings, url: &str) -> Result<UrlCheck, Refusal> {
         None => return Err(Refusal::new("invalid_params", format!("url {url:?} has no host"))),
     };
     match ip {
-        Some(ip) => check_ip(settings, &host, ip)?,
+        Some(ip) => check_ip(settings, &host, ip).map_err(|refusal| Refusal {
+            reason: format!("url {url:?} points at {}", refusal.reason),
+            ..refusal
+        })?,
         None => {
             let loopback = host == "localhost" || host.ends_with(".localhost");
             let metadata = METADATA_HOSTS.contains(&host.as_str());

@@ -7,9 +7,9 @@ use std::path::{Component, Path, PathBuf};
 
 use crate::{Refusal, Settings};
 
-/// Files and directories under the home directory that hold keys, credentials or browser
-/// profiles: never read, written or deleted by agents.
-pub const HOME_PROTECTED: [&str; 22] = [
+/// Files and directories under the home directory that hold keys, credentials, browser profiles
+/// or shell histories (which collect pasted secrets): never read, written or deleted by agents.
+pub const HOME_PROTECTED: [&str; 34] = [
     ".ssh",
     ".gnupg",
     ".aws",
@@ -32,6 +32,18 @@ pub const HOME_PROTECTED: [&str; 22] = [
     ".cargo/credentials",
     ".cargo/credentials.toml",
     ".vault-token",
+    ".bash_history",
+    ".zsh_history",
+    ".python_history",
+    ".psql_history",
+    ".mysql_history",
+    ".config/rclone",
+    ".s3cfg",
+    ".boto",
+    ".terraform.d",
+    ".thunderbird",
+    ".config/BraveSoftware",
+    ".local/share/kwalletd",
 ];
 
 /// Protected system files (besides every `/etc/sudoers*`).

@@ -579,10 +579,7 @@ impl<'a> Checker<'a> {
                     "deny.rm_recursive_root",
                     format!("deletes the root file system ({target})"),
                 ),
-                Danger::Home(what) => finding(
-                    "deny.rm_recursive_home",
-                    format!("deletes the home directory ({target} is {what})"),
-                ),
+                Danger::Home(what) => finding("deny.rm_recursive_home", format!("deletes the home directory ({what})")),
                 Danger::System(what) => finding(
                     "deny.rm_recursive_system",
                     format!("deletes the system directory {what}"),
