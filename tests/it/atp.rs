@@ -167,8 +167,10 @@ impl Atp {
 
     /// The next text frame as JSON; panics when the connection ends or nothing comes in time.
     async fn recv(&mut self) -> Value {
+        // One deadline for the frame, however many pings arrive meanwhile.
+        let deadline = tokio::time::Instant::now() + REPLY_DEADLINE;
         loop {
-            let message = tokio::time::timeout(REPLY_DEADLINE, self.socket.next())
+            let message = tokio::time::timeout_at(deadline, self.socket.next())
                 .await
                 .expect("no frame in time");
             match message {
@@ -938,7 +940,10 @@ async fn atp_cuts_off_a_slow_subscriber_while_another_keeps_receiving() {
     fast.subscribe(&["flood.*"], None).await;
     let mut slow = RawWs::connect(&base, &key).await;
     slow.send_text(r#"{"type":"subscribe","events":["flood.*"]}"#).await;
-    let Some(RawFrame::Text(subscribed)) = slow.next().await else {
+    let Some(RawFrame::Text(subscribed)) = tokio::time::timeout(REPLY_DEADLINE, slow.next())
+        .await
+        .expect("no answer to subscribe in time")
+    else {
         panic!("no subscribed frame");
     };
     assert!(subscribed.contains("\"subscribed\""), "{subscribed}");
