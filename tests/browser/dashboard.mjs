@@ -9,8 +9,8 @@
 // Checks: the one-time link logs in (cookie session) and the page goes live over ATP; the
 // dashboard's responses carry the strict Content-Security-Policy; an event published after the
 // page loaded appears in the stream; an event whose payload holds markup is shown as text and runs
-// no script; a pending action can be approved and leaves the pending list. A screenshot goes to
-// <artifact dir>/dashboard.png.
+// no script; a pending action can be approved and leaves the pending list; a human-input request
+// can be answered. A screenshot goes to <artifact dir>/dashboard.png.
 
 import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -142,7 +142,20 @@ try {
     say('approved', { id: published.action_id });
   }
 
-  // 5. The other views load without errors.
+  // 5. A human-input request: answer it and see it leave the list.
+  if (published.request_id) {
+    await page.locator('.tab[data-tab="requests"]').click();
+    const card = page.locator(`#requests [data-request-id="${published.request_id}"]`);
+    await card.waitFor();
+    check((await card.textContent()).includes('Deploy <b>main</b> or release?'), 'the question is not shown as text');
+    await card.locator('input').fill(published.answer);
+    await card.locator('button.primary').click();
+    await card.waitFor({ state: 'detached' });
+    await page.locator('#requests-empty').waitFor({ state: 'visible' });
+    say('answered', { id: published.request_id });
+  }
+
+  // 6. The other views load without errors.
   const shows = {
     requests: '#requests-empty, #requests .card',
     agents: '#agents tr[data-agent-id]',

@@ -1,7 +1,7 @@
 //! The dashboard in a real headless Chromium (driven by `tests/browser/dashboard.mjs` through
 //! playwright-core): the one-time link logs in, an event published after the page loaded shows up
-//! live, markup inside an event is shown as text and runs nothing, and a pending action approved
-//! with a click leaves the list. A screenshot goes to `target/artifacts/dashboard.png`.
+//! live, markup inside an event is shown as text and runs nothing, a pending action approved with a
+//! click leaves the list, and a human-input request is answered from the page. A screenshot goes to `target/artifacts/dashboard.png`.
 //!
 //! Needs `node`, Debian's `chromium` and `npm ci` in `tests/browser` (`.ci/run` installs them);
 //! without them the test fails saying so, unless `AIVENTBUS_SKIP_BROWSER=1`.
@@ -14,7 +14,10 @@ use std::time::Duration;
 use aiventbus_proto::agents::{AgentKind, AgentSpec, AgentsCreate, RuleSpec, RulesCreate};
 use aiventbus_proto::auth::DashboardLink;
 use aiventbus_proto::methods::{IdParams, NoParams, Trace, TraceParams};
-use aiventbus_proto::policy::{ActionStatus, ActionsGet};
+use aiventbus_proto::policy::{
+    ActionStatus, ActionsGet, RequestCreateParams, RequestStatus, RequestsCreate, RequestsGet, SessionRegisterParams,
+    SessionsRegister,
+};
 use aiventbus_testkit::wait_for_event;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -189,12 +192,34 @@ async fn dashboard_shows_live_events_as_text_and_approves_in_a_real_browser() {
     };
     let action_id = pending.payload["action_id"].as_str().expect("action_id").to_owned();
 
+    // A question from an agent session, asked while the page is open.
+    let session = client
+        .call::<SessionsRegister>(&SessionRegisterParams {
+            display_name: "dashboard test".into(),
+            metadata: None,
+        })
+        .await
+        .expect("sessions.register")
+        .session_id;
+    let request_id = client
+        .call::<RequestsCreate>(&RequestCreateParams {
+            session_id: session,
+            title: "Which branch?".into(),
+            question: "Deploy <b>main</b> or release?".into(),
+            ..RequestCreateParams::default()
+        })
+        .await
+        .expect("requests.create")
+        .request_id;
+
     let published = json!({
         "live_topic": "dash.live",
         "live_marker": marker,
         "xss_marker": xss_marker,
         "xss_text": xss_text,
         "action_id": action_id,
+        "request_id": request_id,
+        "answer": "release, please",
     });
     stdin
         .write_all(format!("{published}\n").as_bytes())
@@ -217,7 +242,10 @@ async fn dashboard_shows_live_events_as_text_and_approves_in_a_real_browser() {
             break;
         }
     }
-    assert_eq!(seen, ["live_event_seen", "markup_inert", "approved", "done"]);
+    assert_eq!(
+        seen,
+        ["live_event_seen", "markup_inert", "approved", "answered", "done"]
+    );
     let status = tokio::time::timeout(STEP_DEADLINE, script.wait())
         .await
         .expect("the browser script did not exit")
@@ -231,6 +259,13 @@ async fn dashboard_shows_live_events_as_text_and_approves_in_a_real_browser() {
         .expect("actions.get");
     assert_ne!(record.status, ActionStatus::WaitingConfirmation, "{record:?}");
     assert_eq!(record.decided_via.as_deref(), Some("atp"), "{record:?}");
+    // The answer went through ATP to the policy service's hub.
+    let request = client
+        .call::<RequestsGet>(&IdParams { id: request_id })
+        .await
+        .expect("requests.get");
+    assert_eq!(request.status, RequestStatus::Answered, "{request:?}");
+    assert_eq!(request.response_text.as_deref(), Some("release, please"));
     let png = std::fs::read(&screenshot).unwrap_or_else(|e| panic!("{}: {e}", screenshot.display()));
     assert!(png.starts_with(b"\x89PNG"), "the screenshot is not a PNG");
     support::shut_down(daemon).await;
