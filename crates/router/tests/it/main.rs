@@ -736,9 +736,14 @@ async fn failing_calls_are_retried_and_the_cursor_waits_for_them() {
                 event.seq
             );
         }
+        // Events are routed concurrently, so which ones met the three failures varies: count them.
+        let calls: Vec<u32> = events
+            .iter()
+            .map(|event| data.create_calls[&(event.id.clone(), "agt_a".to_owned())])
+            .collect();
         assert!(
-            data.create_calls[&(events[0].id.clone(), "agt_a".to_owned())] >= 2,
-            "the first was retried"
+            calls.iter().sum::<u32>() as usize >= events.len() + 3 && calls.iter().any(|n| *n >= 2),
+            "the failed calls were retried: {calls:?}"
         );
     }
     let health = harness.state().health();
