@@ -517,6 +517,9 @@ pub(crate) struct Shared {
     pub(crate) commits: AtomicU64,
     pub(crate) written: AtomicU64,
     pub(crate) rollbacks: AtomicU64,
+    /// Set by the checkpoint thread when the WAL has grown past its bound: the writer then runs a
+    /// RESTART checkpoint between batches (see checkpoint.rs).
+    pub(crate) restart_wal: AtomicBool,
     /// Makes the next publish batch fail before commit, to test recovery.
     #[cfg(test)]
     pub(crate) fail_next_batch: AtomicBool,
@@ -615,7 +618,8 @@ impl Store {
             .map_err(|error| StoreError::Internal(format!("cannot start the writer thread: {error}")))?;
         // The writer leaves checkpoints to their own thread (see checkpoint.rs).
         let (checkpoint_stop, checkpoint_stopped) = mpsc::sync_channel(1);
-        let checkpointer = crate::checkpoint::spawn(&config.path, config.sync, checkpoint_stopped)?;
+        let checkpointer =
+            crate::checkpoint::spawn(&config.path, config.sync, Arc::clone(&shared), checkpoint_stopped)?;
         tracing::info!(path = %config.path.display(), head, "event store open");
         Ok(Store {
             inner: Arc::new(StoreInner {
@@ -954,6 +958,51 @@ pub(crate) mod tests {
         let reopened = Store::open(config).unwrap();
         assert_eq!(reopened.head(), 2000);
         assert_eq!(reopened.stats().await.unwrap().events, 2000);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_wal_stays_bounded_while_readers_keep_it_busy() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config_in(&dir);
+        let store = Store::open(config.clone()).unwrap();
+        let wal = dir.path().join("bus.db-wal");
+        assert_eq!(config.path.with_file_name("bus.db-wal"), wal);
+        // Readers that always have a snapshot open, as subscribers and the router do: without the
+        // restart the log never starts over and grows with every commit.
+        let stop = Arc::new(AtomicBool::new(false));
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let path = config.path.clone();
+                let stop = Arc::clone(&stop);
+                std::thread::spawn(move || {
+                    let conn = rusqlite::Connection::open(&path).unwrap();
+                    conn.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+                    while !stop.load(Ordering::Relaxed) {
+                        let tx = conn.unchecked_transaction().unwrap();
+                        let _: i64 = tx
+                            .query_row("SELECT count(*) FROM events", [], |row| row.get(0))
+                            .unwrap();
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                        tx.commit().unwrap();
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
+                })
+            })
+            .collect();
+        let mut largest = 0;
+        for n in 0..3000 {
+            store.publish(event("a.b", n)).await.unwrap();
+            if n % 50 == 0 {
+                largest = largest.max(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0));
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        for reader in readers {
+            reader.join().unwrap();
+        }
+        // One commit writes a few pages; 3000 of them make ~40 MB of log if it never restarts.
+        assert!(largest < 8 * 1024 * 1024, "the WAL grew to {largest} bytes");
+        store.close().await;
     }
 
     fn invalid(value: Value) -> StoreError {

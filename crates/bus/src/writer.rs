@@ -262,6 +262,9 @@ impl Writer {
             for reply in compactions.drain(..) {
                 let _ = reply.send(state.compact_all());
             }
+            if shared.restart_wal.swap(false, Ordering::AcqRel) {
+                crate::checkpoint::restart(state.conn, &state.sequencer.config.path);
+            }
             if shared.closed.load(Ordering::Acquire) {
                 closing = true;
             }
